@@ -1,0 +1,137 @@
+"""The layer protocol every rnnkit building block follows.
+
+A layer owns named ``params`` and same-keyed ``grads``. ``forward`` caches what
+``backward`` needs; ``backward(dy)`` returns the gradient with respect to the input and
+*accumulates* parameter gradients into ``grads`` (call ``zero_grad()`` between steps).
+Containers hold child layers as attributes; ``named_parameters()`` walks them and yields
+dotted names ("encoder.rnn.weight_hh_l0") that checkpoints, optimizers and PyTorch
+interop all share.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import backend
+
+
+class Layer:
+    """Base class: named parameters, accumulated gradients, train/eval mode, children."""
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.training = True
+
+    # -- parameters -------------------------------------------------------------
+    def add_param(self, name: str, value) -> None:
+        """Register a parameter and a zeroed gradient of the same shape and dtype."""
+        xp = backend.get_array_module(value)
+        self.params[name] = value
+        self.grads[name] = xp.zeros_like(value)
+
+    def children(self) -> Iterator[tuple[str, "Layer"]]:
+        """Direct sub-layers, in attribute order (lists of layers are indexed: ``rnn.0``)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Layer):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+                for i, v in enumerate(value):
+                    yield f"{name}.{i}", v
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(dotted_name, param, grad)`` for this layer and all children."""
+        for name, value in self.params.items():
+            yield prefix + name, value, self.grads[name]
+        for child_name, child in self.children():
+            yield from child.named_parameters(prefix + child_name + ".")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Dotted name -> parameter array (the arrays themselves, not copies)."""
+        return {name: p for name, p, _ in self.named_parameters()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the parameters in place; shapes must match exactly."""
+        own = {name: (p, g) for name, p, g in self.named_parameters()}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        for name, value in state.items():
+            if name not in own:
+                continue
+            param = own[name][0]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"parameter {name!r} has shape {tuple(value.shape)}; expected {tuple(param.shape)}"
+                )
+            xp = backend.get_array_module(param)
+            param[...] = xp.asarray(value, dtype=param.dtype)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for _, p, _ in self.named_parameters()))
+
+    def zero_grad(self) -> None:
+        for _, _, g in self.named_parameters():
+            g[...] = 0
+
+    # -- mode -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Layer":
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Layer":
+        return self.train(False)
+
+    # -- dtype / device ---------------------------------------------------------
+    def to(self, dtype=None, device: str | None = None) -> "Layer":
+        """Cast and/or move every parameter (and reset its gradient) in place."""
+        for layer in self.modules():
+            for name in list(layer.params):
+                value = layer.params[name]
+                if device is not None:
+                    value = backend.to_device(value, device)
+                if dtype is not None:
+                    value = value.astype(dtype)
+                layer.add_param(name, value)
+            layer._on_to(dtype, device)
+        return self
+
+    def _on_to(self, dtype, device) -> None:
+        """Hook for layers that hold state besides params (e.g. a carried hidden state)."""
+
+    def modules(self) -> Iterator["Layer"]:
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    @property
+    def dtype(self):
+        for _, p, _ in self.named_parameters():
+            return p.dtype
+        return np.dtype(backend.get_default_dtype())
+
+    @property
+    def xp(self):
+        for _, p, _ in self.named_parameters():
+            return backend.get_array_module(p)
+        return backend.xp_for()
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        kids = list(self.children())
+        if not kids:
+            return lines[0] + ")"
+        for name, child in kids:
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return "\n".join(lines) + "\n)"
