@@ -1,0 +1,45 @@
+"""Input validation shared by the layers: errors name the value and what was expected."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+
+
+def check_float_input(x, name: str, ndim: int, last_dim: int | None, dtype, check_finite: bool = True):
+    """Validate a float array ``x``; return it unchanged."""
+    xp = backend.get_array_module(x)
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} is a {type(x).__name__}; expected an array")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} has shape {tuple(x.shape)} ({x.ndim}-d); expected {ndim}-d")
+    if not xp.issubdtype(x.dtype, xp.floating):
+        raise ValueError(f"{name} has dtype {x.dtype}; expected a float array of dtype {np.dtype(dtype).name}")
+    if x.dtype != dtype:
+        raise ValueError(
+            f"{name} has dtype {x.dtype}; expected {np.dtype(dtype).name} (the layer's dtype): "
+            f"cast with .astype(np.{np.dtype(dtype).name}) or move the layer with .to(dtype=...)"
+        )
+    if last_dim is not None and x.shape[-1] != last_dim:
+        raise ValueError(f"{name} has last dimension {x.shape[-1]} (shape {tuple(x.shape)}); expected {last_dim}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)} with an empty dimension; need every size >= 1")
+    if check_finite and not bool(xp.isfinite(x).all()):
+        bad = int((~xp.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s); expected finite values")
+    return x
+
+
+def check_int_input(ids, name: str, high: int):
+    """Validate integer ids in [0, high)."""
+    xp = backend.get_array_module(ids)
+    if not hasattr(ids, "dtype") or not xp.issubdtype(ids.dtype, xp.integer):
+        dtype = getattr(ids, "dtype", type(ids).__name__)
+        raise ValueError(f"{name} has dtype {dtype}; expected an integer array of token ids")
+    if ids.size == 0:
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}; need at least one id")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= high:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} contains id {bad}; expected ids in [0, {high - 1}]")
+    return ids

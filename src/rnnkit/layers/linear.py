@@ -1,0 +1,55 @@
+"""Affine layer over the last axis: ``y = x W^T + b`` (PyTorch layout: W is (out, in))."""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ._checks import check_float_input
+from .base import Layer
+from .recurrent import init_uniform
+
+
+class Linear(Layer):
+    """``y = x W^T + b`` for x of shape (..., in_features) -> (..., out_features).
+
+    A (B, T, H) input is one GEMM over all B*T rows; the weight gradient is one GEMM too.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, rng=None, seed=None):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+        self.in_features, self.out_features = in_features, out_features
+        dtype = dtype or backend.get_default_dtype()
+        rng = rng if rng is not None else backend.default_rng(seed)
+        bound = 1.0 / math.sqrt(in_features)
+        xp = backend.xp_for()
+        self.add_param("weight", xp.asarray(init_uniform(rng, (out_features, in_features), bound, dtype)))
+        if bias:
+            self.add_param("bias", xp.asarray(init_uniform(rng, (out_features,), bound, dtype)))
+        self._x = None
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}" + ("" if "bias" in self.params else ", bias=False")
+
+    def forward(self, x):
+        if getattr(x, "ndim", 0) < 1:
+            raise ValueError(f"x has shape {getattr(x, 'shape', None)}; expected (..., {self.in_features})")
+        check_float_input(x, "x", x.ndim, self.in_features, self.dtype, check_finite=False)
+        self._x = x
+        y = x @ self.params["weight"].T
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, dy):
+        x = self._x
+        if x is None:
+            raise RuntimeError("backward called before forward")
+        x2 = x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        self.grads["weight"] += dy2.T @ x2
+        if "bias" in self.params:
+            self.grads["bias"] += dy2.sum(axis=0)
+        return (dy2 @ self.params["weight"]).reshape(x.shape)

@@ -1,0 +1,294 @@
+"""Recurrent layers unrolled over time: RNN, LSTM, GRU.
+
+Stacked (``num_layers``), bidirectional, dropout between layers, initial state in and
+final state out, variable lengths (``mask`` or ``lengths``), and ``stateful`` mode for
+truncated BPTT. Parameters carry PyTorch's names and layouts, so a ``torch.nn.LSTM``
+state_dict loads 1:1.
+
+Equations (row vectors, ``x_t W^T`` with PyTorch-shaped ``W``), per layer and direction:
+
+- RNN:  ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act = tanh or relu
+- LSTM: ``A = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`` split into ``i, f, g, o``;
+  ``i, f, o = sigma(.)``, ``g = tanh(.)``; ``c_t = f*c_{t-1} + i*g``; ``h_t = o*tanh(c_t)``
+- GRU:  ``r = sigma(x W_ir^T + b_ir + h W_hr^T + b_hr)``, ``z`` likewise,
+  ``n = tanh(x W_in^T + b_in + r*(h W_hn^T + b_hn))``, ``h_t = (1-z)*n + z*h_{t-1}``
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ._checks import check_float_input
+from .base import Layer
+from .unroll import GATES, unroll_backward, unroll_forward
+
+
+def init_uniform(rng, shape, bound, dtype):
+    """U(-bound, bound), PyTorch's default for recurrent and linear weights."""
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class _Recurrent(Layer):
+    mode = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 bidirectional: bool = False, dropout: float = 0.0, stateful: bool = False,
+                 nonlinearity: str = "tanh", dtype=None, rng=None, seed=None):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout {dropout!r}; expected 0 <= dropout < 1")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+        if stateful and bidirectional:
+            raise ValueError("stateful=True with bidirectional=True; a reverse direction cannot carry state "
+                             "across chunks: use bidirectional=False for truncated BPTT")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.bidirectional, self.dropout = bias, bidirectional, float(dropout)
+        self.stateful, self.nonlinearity = stateful, nonlinearity
+        self.num_directions = 2 if bidirectional else 1
+        dtype = dtype or backend.get_default_dtype()
+        self.rng = rng if rng is not None else backend.default_rng(seed)
+        G, H = GATES[self.mode] * hidden_size, hidden_size
+        bound = 1.0 / math.sqrt(hidden_size)
+        xp = backend.xp_for()
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                sfx = self._suffix(layer, d)
+                shapes = [("weight_ih", (G, in_size)), ("weight_hh", (G, H))]
+                if bias:
+                    shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+                for name, shape in shapes:
+                    self.add_param(name + sfx, xp.asarray(init_uniform(self.rng, shape, bound, dtype)))
+        self._state = None
+        self._cache = None
+        self.dstate0 = None
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def _names(self, layer: int, direction: int):
+        s = self._suffix(layer, direction)
+        return (f"weight_ih{s}", f"weight_hh{s}", f"bias_ih{s}", f"bias_hh{s}")
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.mode == "rnn" and self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.stateful:
+            s += ", stateful=True"
+        return s
+
+    # -- state ------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Forget the carried state (stateful mode): the next call starts from zeros."""
+        self._state = None
+
+    def _on_to(self, dtype, device) -> None:
+        self._state = None
+        self._cache = None
+
+    @property
+    def state(self):
+        """The carried final state of the last call (stateful mode), or None."""
+        return self._state
+
+    def _zero_state(self, batch: int):
+        xp, shape = self.xp, (self.num_layers * self.num_directions, batch, self.hidden_size)
+        return xp.zeros(shape, dtype=self.dtype)
+
+    def _check_state(self, state, batch: int):
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        parts = state if self.mode == "lstm" else (state,)
+        if self.mode == "lstm" and (not isinstance(state, (tuple, list)) or len(state) != 2):
+            raise ValueError(f"LSTM state is a {type(state).__name__}; expected a tuple (h, c) of arrays {shape}")
+        for label, part in zip(("h", "c"), parts):
+            check_float_input(part, f"initial state {label}", 3, None, self.dtype)
+            if tuple(part.shape) != shape:
+                raise ValueError(
+                    f"initial state {label} has shape {tuple(part.shape)}; expected {shape} "
+                    f"(num_layers*num_directions, batch, hidden_size)"
+                )
+        return tuple(parts) if self.mode == "lstm" else parts[0]
+
+    def _resolve_mask(self, mask, lengths, B: int, T: int):
+        xp = self.xp
+        if mask is not None and lengths is not None:
+            raise ValueError("pass either mask or lengths, not both")
+        if lengths is not None:
+            lengths = xp.asarray(lengths)
+            if lengths.shape != (B,) or not xp.issubdtype(lengths.dtype, xp.integer):
+                raise ValueError(f"lengths has shape {tuple(lengths.shape)} dtype {lengths.dtype}; expected ({B},) integers")
+            if int(lengths.min()) < 1 or int(lengths.max()) > T:
+                raise ValueError(f"lengths range {int(lengths.min())}..{int(lengths.max())}; expected 1 <= length <= T={T}")
+            if bool((lengths == T).all()):
+                return None
+            return xp.arange(T)[:, None] < lengths[None, :]  # (T, B)
+        if mask is not None:
+            mask = xp.asarray(mask)
+            if mask.shape != (B, T):
+                raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (B, T) = ({B}, {T})")
+            if mask.dtype != bool:
+                raise ValueError(f"mask has dtype {mask.dtype}; expected bool")
+            if bool(mask.all()):
+                return None
+            return xp.ascontiguousarray(mask.T)
+        return None
+
+    # -- forward ----------------------------------------------------------------
+    def forward(self, x, state=None, mask=None, lengths=None):
+        """Run the stacked (bi)directional recurrence over a batch of sequences.
+
+        x: (B, T, input_size). state: initial state, ``(L*dirs, B, H)`` (LSTM: tuple
+        ``(h0, c0)``); default zeros, or the carried state in stateful mode.
+        mask: (B, T) bool, True at valid steps; or lengths: (B,) ints (valid prefix).
+        Returns ``(y, state_n)``: y (B, T, dirs*H), zero at masked steps; state_n shaped
+        like state, each sequence's state after its last valid step.
+        """
+        check_float_input(x, "x", 3, self.input_size, self.dtype)
+        B, T, _ = x.shape
+        m = self._resolve_mask(mask, lengths, B, T)
+        if state is None and self.stateful and self._state is not None:
+            state = self._state
+            if (state[0] if self.mode == "lstm" else state).shape[1] != B:
+                raise ValueError(
+                    f"stateful layer carries a state for batch {(state[0] if self.mode == 'lstm' else state).shape[1]}; "
+                    f"got batch {B}: call reset_state() when the batch size changes"
+                )
+        if state is None:
+            h0 = self._zero_state(B)
+            c0 = self._zero_state(B) if self.mode == "lstm" else None
+        else:
+            checked = self._check_state(state, B)
+            h0, c0 = checked if self.mode == "lstm" else (checked, None)
+
+        xp = self.xp
+        X = xp.ascontiguousarray(x.transpose(1, 0, 2))  # time-major inside
+        caches, drop_masks = [], []
+        h_n = xp.empty_like(h0)
+        c_n = xp.empty_like(c0) if c0 is not None else None
+        for layer in range(self.num_layers):
+            outs, layer_caches = [], []
+            for d in range(self.num_directions):
+                k = layer * self.num_directions + d
+                w_ih, w_hh, b_ih, b_hh = (self.params.get(n) for n in self._names(layer, d))
+                y, h_T, c_T, cache = unroll_forward(
+                    self.mode, X, w_ih, w_hh, b_ih, b_hh, h0[k], None if c0 is None else c0[k],
+                    mask=m, reverse=d == 1, nonlinearity=self.nonlinearity)
+                h_n[k] = h_T
+                if c_n is not None:
+                    c_n[k] = c_T
+                outs.append(y)
+                layer_caches.append(cache)
+            Y = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
+            drop = None
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                drop = (self.rng.random(Y.shape) < keep).astype(Y.dtype) / keep
+                drop = xp.asarray(drop)
+                Y = Y * drop
+            caches.append(layer_caches)
+            drop_masks.append(drop)
+            X = Y
+        self._cache = (caches, drop_masks, B, T)
+        state_n = (h_n, c_n) if self.mode == "lstm" else h_n
+        if self.stateful:
+            # carried, detached: the next chunk starts here, and backward stops at this edge
+            self._state = (h_n.copy(), c_n.copy()) if self.mode == "lstm" else h_n.copy()
+        y = xp.ascontiguousarray(X.transpose(1, 0, 2))
+        return y, state_n
+
+    # -- backward ---------------------------------------------------------------
+    def backward(self, dy=None, dstate=None):
+        """BPTT through the whole stack.
+
+        dy: (B, T, dirs*H) gradient of the outputs (None: only the final state is used).
+        dstate: gradient of state_n (same structure; None: zeros).
+        Returns dx (B, T, input_size); the gradient of the initial state is left in
+        ``self.dstate0``; parameter gradients accumulate into ``self.grads``.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward called before forward (or twice for one forward)")
+        caches, drop_masks, B, T = self._cache
+        xp, H, dirs = self.xp, self.hidden_size, self.num_directions
+        out_shape = (B, T, dirs * H)
+        dh_n = dc_n = None
+        if dstate is not None:
+            if self.mode == "lstm":
+                dh_n, dc_n = dstate
+            else:
+                dh_n = dstate
+        dY = None
+        if dy is not None:
+            if tuple(dy.shape) != out_shape:
+                raise ValueError(f"dy has shape {tuple(dy.shape)}; expected {out_shape}")
+            dY = xp.ascontiguousarray(dy.transpose(1, 0, 2))
+        dh0 = self._zero_state(B)
+        dc0 = self._zero_state(B) if self.mode == "lstm" else None
+        for layer in range(self.num_layers - 1, -1, -1):
+            dX = None
+            for d in range(dirs):
+                k = layer * dirs + d
+                dy_d = None if dY is None else dY[:, :, d * H : (d + 1) * H]
+                dX_d, dh, dc = unroll_backward(
+                    caches[layer][d], dy_d,
+                    None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
+                    self.grads, self._names(layer, d))
+                dh0[k] = dh
+                if dc0 is not None:
+                    dc0[k] = dc
+                dX = dX_d if dX is None else dX + dX_d
+            if layer > 0 and drop_masks[layer - 1] is not None:
+                dX *= drop_masks[layer - 1]
+            dY = dX
+        self._cache = None
+        self.dstate0 = (dh0, dc0) if self.mode == "lstm" else dh0
+        return xp.ascontiguousarray(dY.transpose(1, 0, 2))
+
+
+class RNN(_Recurrent):
+    """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu).
+
+    Same arguments as ``torch.nn.RNN`` (batch-first), plus ``stateful`` for truncated BPTT.
+    """
+
+    mode = "rnn"
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory, gate order ``i, f, g, o`` (PyTorch's).
+
+    ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``. State is a tuple ``(h, c)``.
+    """
+
+    mode = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
+                         stateful, "tanh", dtype, rng, seed)
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit, gate order ``r, z, n`` (PyTorch's variant: ``r`` gates ``h W_hn^T + b_hn``)."""
+
+    mode = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
+                         stateful, "tanh", dtype, rng, seed)

@@ -1,0 +1,186 @@
+"""The time loop: one direction of one recurrent layer, forward and BPTT backward.
+
+Everything here is time-major: ``X`` is (T, B, D) so each step's slice is contiguous.
+The speed tricks of DESIGN.md live here, in one place for all three cells:
+
+- the input projection of all T steps is one GEMM (``X W_ih^T``), before the loop;
+- per step only ``h_{t-1} W_hh^T`` and the fused pointwise kernel run, into buffers
+  allocated once per call (nothing is allocated per step on the forward path);
+- the weight gradients are one GEMM each after the backward loop
+  (``dW_hh = dA^T H_{0..T-1}``, ``dW_ih = dA^T X``), not T small ones.
+
+A reverse direction runs the same loop over reversed *views* of its inputs.
+
+Masks: at a step where ``mask`` is False the state is carried unchanged
+(``h_t = h_{t-1}``, ``c_t = c_{t-1}``), the output is 0, and no gradient reaches the
+cell there, so padded steps neither change the state nor receive gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from ..kernels import pointwise as K
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+@dataclass
+class UnrollCache:
+    mode: str
+    nonlinearity: str
+    reverse: bool
+    X: np.ndarray  # (T, B, D) original time order
+    W_ih: np.ndarray
+    W_hh: np.ndarray
+    has_bias: bool
+    mask: np.ndarray | None  # (T, B, 1) bool, processing order
+    Hs: np.ndarray  # (T+1, B, H) carried hidden states, processing order; Hs[0] = h0
+    gates: np.ndarray  # LSTM (T,B,4H) activated gates; GRU (T,B,3H) [r,z,n]; RNN unused
+    Cs: np.ndarray | None = None  # LSTM (T+1, B, H) cell states
+    tanh_c: np.ndarray | None = None  # LSTM (T, B, H)
+    hw_n: np.ndarray | None = None  # GRU (T, B, H): h_{t-1} W_hn^T + b_hn
+
+
+def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False,
+                   nonlinearity="tanh"):
+    """Run one direction over all steps.
+
+    X (T, B, D); W_ih (G*H, D); W_hh (G*H, H); b_ih, b_hh (G*H,) or None;
+    h0, c0 (B, H); mask (T, B) bool or None, original time order.
+    Returns (y (T, B, H) in original order, zero at masked steps; h_T; c_T or None; cache).
+    """
+    xp = backend.get_array_module(X)
+    T, B, D = X.shape
+    H = W_hh.shape[1]
+    G = GATES[mode] * H
+    # input projection of every step at once: (T*B, D) @ (D, G)
+    xw = (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, G)
+    if b_ih is not None:
+        xw += b_ih if mode == "gru" else b_ih + b_hh  # GRU keeps b_hn inside r * (.)
+    m = None
+    if mask is not None:
+        m = mask.reshape(T, B, 1)
+    if reverse:
+        xw = xw[::-1]
+        m = m[::-1] if m is not None else None
+    W_hhT = W_hh.T
+    Hs = xp.empty((T + 1, B, H), dtype=X.dtype)
+    Hs[0] = h0
+    cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw)
+
+    if mode == "lstm":
+        Cs = xp.empty((T + 1, B, H), dtype=X.dtype)
+        Cs[0] = c0
+        tanh_c = xp.empty((T, B, H), dtype=X.dtype)
+        tmp = xp.empty((B, G), dtype=X.dtype)
+        for t in range(T):
+            A = xw[t]  # becomes the activated gates, kept for backward
+            xp.matmul(Hs[t], W_hhT, out=tmp)
+            A += tmp
+            K.lstm_forward(A, Cs[t], Cs[t + 1], tanh_c[t], Hs[t + 1])
+            if m is not None:
+                keep = ~m[t]
+                xp.copyto(Hs[t + 1], Hs[t], where=keep)
+                xp.copyto(Cs[t + 1], Cs[t], where=keep)
+        cache.Cs, cache.tanh_c = Cs, tanh_c
+    elif mode == "gru":
+        gates = xp.empty((T, B, G), dtype=X.dtype)
+        hw_n = xp.empty((T, B, H), dtype=X.dtype)
+        hw = xp.empty((B, G), dtype=X.dtype)
+        for t in range(T):
+            xp.matmul(Hs[t], W_hhT, out=hw)
+            if b_hh is not None:
+                hw += b_hh
+            hw_n[t] = hw[:, 2 * H :]
+            K.gru_forward(xw[t], hw, Hs[t], gates[t], Hs[t + 1])
+            if m is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=~m[t])
+        cache.gates, cache.hw_n = gates, hw_n
+    elif mode == "rnn":
+        tmp = xp.empty((B, G), dtype=X.dtype)
+        for t in range(T):
+            A = xw[t]
+            xp.matmul(Hs[t], W_hhT, out=tmp)
+            A += tmp
+            K.rnn_forward(A, nonlinearity, out=Hs[t + 1])
+            if m is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=~m[t])
+    else:
+        raise ValueError(f"mode {mode!r}; expected one of {sorted(GATES)}")
+
+    y = Hs[1:] if m is None else Hs[1:] * m
+    if reverse:
+        y = y[::-1]
+    c_T = cache.Cs[T] if mode == "lstm" else None
+    return y, Hs[T], c_T, cache
+
+
+def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tuple[str, str, str, str]):
+    """BPTT through one direction.
+
+    dy (T, B, H) gradient of the outputs in original order (or None); dh_T, dc_T (B, H)
+    gradients of the final state (or None). Accumulates into ``grads[names[i]]`` for
+    (weight_ih, weight_hh, bias_ih, bias_hh). Returns (dX (T, B, D), dh0, dc0 or None).
+    """
+    c = cache
+    xp = backend.get_array_module(c.X)
+    T, B, D = c.X.shape
+    H = c.W_hh.shape[1]
+    G = GATES[c.mode] * H
+    m = c.mask
+    if dy is not None and c.reverse:
+        dy = dy[::-1]
+    dh = xp.zeros((B, H), dtype=c.X.dtype)
+    if dh_T is not None:
+        dh += dh_T
+    dc = None
+    if c.mode == "lstm":
+        dc = xp.zeros((B, H), dtype=c.X.dtype)
+        if dc_T is not None:
+            dc += dc_T
+        dc_prev = xp.empty((B, H), dtype=c.X.dtype)
+    dXW = xp.empty((T, B, G), dtype=c.X.dtype)  # gradient of x W_ih^T + b_ih
+    dHW = dXW if c.mode != "gru" else xp.empty((T, B, G), dtype=c.X.dtype)  # of h W_hh^T + b_hh
+    g = xp.empty((B, H), dtype=c.X.dtype)  # gradient reaching the cell's new h
+
+    for t in range(T - 1, -1, -1):
+        if dy is not None:
+            xp.add(dh, dy[t], out=g)
+        else:
+            g[...] = dh
+        if m is not None:
+            valid = m[t]
+            g *= valid
+            dh *= ~valid  # what passes straight through a padded step to h_{t-1}
+            if dc is not None:
+                dc_pass = dc * ~valid
+                dc *= valid
+        else:
+            dh[...] = 0
+        if c.mode == "lstm":
+            K.lstm_backward(c.gates[t], c.Cs[t], c.tanh_c[t], g, dc, dXW[t], dc_prev)
+            dc, dc_prev = dc_prev, dc
+            if m is not None:
+                dc += dc_pass
+        elif c.mode == "gru":
+            K.gru_backward(c.gates[t], c.hw_n[t], c.Hs[t], g, dXW[t], dHW[t])
+            dh += g * c.gates[t][:, H : 2 * H]  # direct path h_t = ... + z * h_{t-1}
+        else:
+            K.rnn_backward(c.Hs[t + 1], g, c.nonlinearity, out=dXW[t])
+        dh += dHW[t] @ c.W_hh
+
+    # weight gradients: one GEMM each over all steps
+    w_ih, w_hh, b_ih, b_hh = names
+    grads[w_hh] += dHW.reshape(T * B, G).T @ c.Hs[:-1].reshape(T * B, H)
+    if c.has_bias:
+        grads[b_hh] += dHW.sum(axis=(0, 1))
+        grads[b_ih] += dXW.sum(axis=(0, 1))
+    if c.reverse:
+        dXW = xp.ascontiguousarray(dXW[::-1])
+    dXW2 = dXW.reshape(T * B, G)
+    grads[w_ih] += dXW2.T @ c.X.reshape(T * B, D)
+    dX = (dXW2 @ c.W_ih).reshape(T, B, D)
+    return dX, dh, dc

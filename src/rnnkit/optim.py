@@ -1,0 +1,212 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+Optimizers walk ``model.named_parameters()`` and update parameters in place from the
+accumulated gradients. Their state (moments, step counts) is keyed by the same dotted
+names, so ``state_dict()`` goes into a checkpoint beside the weights.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+
+def clip_grad_norm(model, max_norm: float) -> float:
+    """Scale all gradients so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (the number worth logging: it shows explosions).
+    """
+    grads = [g for _, _, g in model.named_parameters()]
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) if g.dtype != np.float64 else float((g * g).sum())
+                          for g in grads))
+    if max_norm is not None and max_norm > 0 and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g *= scale
+    return total
+
+
+class Optimizer:
+    def __init__(self, model, lr: float):
+        if not lr > 0:
+            raise ValueError(f"learning rate {lr!r}; expected lr > 0")
+        self.model = model
+        self.lr = float(lr)
+        self.step_count = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad()
+
+    def step(self) -> None:
+        self.step_count += 1
+        for name, p, g in self.model.named_parameters():
+            self._update(name, p, g)
+
+    def _update(self, name, p, g) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _buffer(self, name, key, like):
+        slot = self.state.setdefault(name, {})
+        if key not in slot:
+            slot[key] = backend.get_array_module(like).zeros_like(like)
+        return slot[key]
+
+    def state_dict(self) -> dict:
+        """``{"scalars": {...JSON-able...}, "tensors": {"<param>.<slot>": array}}``."""
+        tensors = {f"{name}.{key}": v for name, slots in self.state.items() for key, v in slots.items()}
+        return {"scalars": {"lr": self.lr, "step_count": self.step_count}, "tensors": tensors}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = float(state["scalars"]["lr"])
+        self.step_count = int(state["scalars"]["step_count"])
+        names = {name: p for name, p, _ in self.model.named_parameters()}
+        self.state = {}
+        for key, value in state["tensors"].items():
+            name, slot = key.rsplit(".", 1)
+            if name not in names:
+                raise KeyError(f"optimizer state for unknown parameter {name!r}")
+            xp = backend.get_array_module(names[name])
+            self.state.setdefault(name, {})[slot] = xp.asarray(value, dtype=names[name].dtype)
+
+
+class SGD(Optimizer):
+    """``v = mu v + g``; ``p -= lr * (g + mu v if nesterov else v)`` (PyTorch's form)."""
+
+    def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(model, lr)
+        if nesterov and momentum <= 0:
+            raise ValueError(f"nesterov=True needs momentum > 0; got momentum {momentum}")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def _update(self, name, p, g) -> None:
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = self._buffer(name, "momentum", p)
+            v *= self.momentum
+            v += g
+            g = g + self.momentum * v if self.nesterov else v
+        p -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is L2 added to the gradient."""
+
+    decoupled = False
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(model, lr)
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+
+    def _update(self, name, p, g) -> None:
+        b1, b2 = self.betas
+        if self.weight_decay and not self.decoupled:
+            g = g + self.weight_decay * p
+        if self.weight_decay and self.decoupled:
+            p *= 1.0 - self.lr * self.weight_decay
+        m = self._buffer(name, "exp_avg", p)
+        v = self._buffer(name, "exp_avg_sq", p)
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        t = self.step_count
+        step = self.lr / (1 - b1**t)
+        denom = backend.get_array_module(v).sqrt(v / (1 - b2**t))
+        denom += self.eps
+        p -= step * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``p *= 1 - lr * wd`` each step."""
+
+    decoupled = True
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(model, lr, betas, eps, weight_decay)
+
+
+# ------------------------------------------------------------------ schedules
+class _Schedule:
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class StepLR(_Schedule):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` calls to ``step()``."""
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+        super().__init__(optimizer)
+        if step_size < 1:
+            raise ValueError(f"step_size {step_size}; expected >= 1")
+        self.step_size, self.gamma = step_size, gamma
+
+    def step(self, metric=None) -> float:
+        self.last_step += 1
+        self.optimizer.lr = self.base_lr * self.gamma ** (self.last_step // self.step_size)
+        return self.optimizer.lr
+
+
+class ReduceLROnPlateau(_Schedule):
+    """Divide the learning rate when a metric (lower is better) stops improving.
+
+    After ``patience`` calls without an improvement larger than ``threshold`` (relative),
+    ``lr *= factor`` (not below ``min_lr``). DL2 trains PTB with factor 0.25, patience 0.
+    """
+
+    def __init__(self, optimizer, factor: float = 0.25, patience: int = 0, min_lr: float = 0.0,
+                 threshold: float = 1e-4):
+        super().__init__(optimizer)
+        if not 0 < factor < 1:
+            raise ValueError(f"factor {factor}; expected 0 < factor < 1")
+        self.factor, self.patience, self.min_lr, self.threshold = factor, patience, min_lr, threshold
+        self.best = math.inf
+        self.bad_steps = 0
+
+    def step(self, metric=None) -> float:
+        if metric is None:
+            raise ValueError("ReduceLROnPlateau.step needs the metric (e.g. validation loss)")
+        self.last_step += 1
+        if metric < self.best * (1 - self.threshold):
+            self.best, self.bad_steps = float(metric), 0
+        else:
+            self.bad_steps += 1
+            if self.bad_steps > self.patience:
+                self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
+                self.bad_steps = 0
+        return self.optimizer.lr
+
+
+class CosineLR(_Schedule):
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
+
+    def __init__(self, optimizer, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
+        super().__init__(optimizer)
+        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"total_steps {total_steps}, warmup_steps {warmup_steps}; need 0 <= warmup <= total, total >= 1")
+        self.total_steps, self.warmup_steps, self.min_lr = total_steps, warmup_steps, min_lr
+        if warmup_steps:
+            optimizer.lr = self.base_lr / warmup_steps
+
+    def step(self, metric=None) -> float:
+        self.last_step += 1
+        s = self.last_step
+        if s < self.warmup_steps:
+            lr = self.base_lr * (s + 1) / self.warmup_steps
+        else:
+            progress = min(1.0, (s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+        self.optimizer.lr = lr
+        return lr
