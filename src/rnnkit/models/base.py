@@ -1,0 +1,88 @@
+"""What every model shares: a config dataclass, named parameters, and safe save/load.
+
+A model is a Layer container with a typed ``config`` (a dataclass). ``save`` writes one
+safetensors file: the weights under their dotted names, and in the header the model's
+class name, its resolved config and whatever ``extra_state()`` returns (vocabularies,
+label names, scalers) as JSON. ``load`` rebuilds the model from that file alone, and
+never unpickles anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+from ..layers.base import Layer
+
+MODEL_REGISTRY: dict[str, type["Model"]] = {}
+
+
+class Model(Layer):
+    """Base class of rnnkit models. Subclasses set ``config_class`` and implement
+
+    ``__init__(self, config, **extra)`` (``extra`` = what ``extra_state()`` returned),
+    ``loss(...) -> float`` (training forward; caches), ``backward()`` (fills grads).
+    """
+
+    config_class: type = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY[cls.__name__] = cls
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def extra_state(self) -> dict:
+        """JSON-able constructor extras saved with the weights (e.g. ``{"vocab": vocab.to_dict()}``)."""
+        return {}
+
+    @classmethod
+    def from_extra_state(cls, config, extra: dict) -> "Model":
+        """Rebuild an untrained model from its config and ``extra_state()``; override if needed."""
+        return cls(config, **extra)
+
+    def checkpoint_payload(self, meta: dict | None = None):
+        tensors = {name: backend.to_numpy(p) for name, p, _ in self.named_parameters()}
+        payload = {
+            "model": type(self).__name__,
+            "config": dataclasses.asdict(self.config),
+            "extra": self.extra_state(),
+        }
+        payload.update(meta or {})
+        return tensors, payload
+
+    def save(self, path, meta: dict | None = None) -> Path:
+        """Write weights + config + extras to one file, atomically (temp file, fsync, rename)."""
+        from ..checkpoint import save_checkpoint
+
+        tensors, payload = self.checkpoint_payload(meta)
+        return save_checkpoint(path, tensors, payload)
+
+    @classmethod
+    def load(cls, path, dtype=None) -> "Model":
+        """Rebuild a saved model. ``Model.load`` dispatches on the class name in the file."""
+        from ..checkpoint import CheckpointError, load_checkpoint
+        from ..config import from_dict
+
+        tensors, meta = load_checkpoint(path)
+        name = meta.get("model")
+        target = MODEL_REGISTRY.get(name) if cls is Model else cls
+        if target is None or name != target.__name__:
+            raise CheckpointError(f"{path}: holds a {name!r} model; expected {cls.__name__}")
+        config = from_dict(target.config_class, meta.get("config", {}))
+        model = target.from_extra_state(config, meta.get("extra", {}))
+        expected = {n: p for n, p, _ in model.named_parameters()}
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: weights do not fit {name}: missing {missing}, unexpected {unexpected}")
+        for n, value in tensors.items():
+            if value.shape != expected[n].shape:
+                raise CheckpointError(f"{path}: tensor {n!r} has shape {value.shape}; expected {expected[n].shape}")
+        if dtype is not None:
+            model.to(dtype=dtype)
+        model.load_state_dict({n: np.asarray(v) for n, v in tensors.items() if n in expected})
+        return model
