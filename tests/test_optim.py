@@ -1,0 +1,95 @@
+"""Optimizers, clipping and schedules, against closed forms and PyTorch's update rules."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rnnkit import optim
+from rnnkit.layers import Linear
+
+
+def _model(seed=0):
+    m = Linear(3, 2, dtype=np.float64, seed=seed)
+    for _, _, g in m.named_parameters():
+        g[...] = np.random.default_rng(seed + 1).standard_normal(g.shape)
+    return m
+
+
+def test_sgd_plain_and_momentum_match_closed_form():
+    m = _model()
+    w0, g = m.params["weight"].copy(), m.grads["weight"].copy()
+    opt = optim.SGD(m, lr=0.1, momentum=0.9)
+    opt.step()
+    np.testing.assert_allclose(m.params["weight"], w0 - 0.1 * g)  # v1 = g
+    opt.step()
+    np.testing.assert_allclose(m.params["weight"], w0 - 0.1 * g - 0.1 * (0.9 * g + g))  # v2 = 0.9 v1 + g
+
+
+def test_nesterov_needs_momentum():
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        optim.SGD(_model(), lr=0.1, nesterov=True)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    m = _model()
+    w0, g = m.params["weight"].copy(), m.grads["weight"].copy()
+    optim.Adam(m, lr=0.01).step()
+    np.testing.assert_allclose(m.params["weight"], w0 - 0.01 * g / (np.abs(g) + 1e-8), rtol=1e-6)
+
+
+def test_adamw_decays_weights_decoupled():
+    m = _model()
+    for _, _, g in m.named_parameters():
+        g[...] = 0.0
+    w0 = m.params["weight"].copy()
+    optim.AdamW(m, lr=0.1, weight_decay=0.5).step()
+    np.testing.assert_allclose(m.params["weight"], w0 * (1 - 0.1 * 0.5))
+
+
+def test_adam_minimises_a_quadratic():
+    m = Linear(4, 1, bias=False, dtype=np.float64, seed=3)
+    target = np.array([[1.0, -2.0, 3.0, 0.5]])
+    opt = optim.Adam(m, lr=0.05)
+    for _ in range(500):
+        m.zero_grad()
+        m.grads["weight"] += 2 * (m.params["weight"] - target)
+        opt.step()
+    np.testing.assert_allclose(m.params["weight"], target, atol=1e-3)
+
+
+def test_optimizer_state_round_trip():
+    m1, m2 = _model(), _model()
+    o1, o2 = optim.Adam(m1, lr=0.01), optim.Adam(m2, lr=0.01)
+    o1.step()
+    o2.step()
+    o2b = optim.Adam(m2, lr=1.0)
+    o2b.load_state_dict(o2.state_dict())
+    o1.step()
+    o2b.step()
+    np.testing.assert_allclose(m1.params["weight"], m2.params["weight"])
+
+
+def test_clip_grad_norm():
+    m = _model()
+    norm = math.sqrt(sum(float((g ** 2).sum()) for _, _, g in m.named_parameters()))
+    assert optim.clip_grad_norm(m, 1e9) == pytest.approx(norm)
+    before = optim.clip_grad_norm(m, 0.5)
+    after = math.sqrt(sum(float((g ** 2).sum()) for _, _, g in m.named_parameters()))
+    assert before == pytest.approx(norm) and after == pytest.approx(0.5, rel=1e-5)
+
+
+def test_schedules():
+    opt = optim.SGD(_model(), lr=1.0)
+    step = optim.StepLR(opt, step_size=2, gamma=0.5)
+    assert [step.step() for _ in range(4)] == [1.0, 0.5, 0.5, 0.25]
+    opt = optim.SGD(_model(), lr=20.0)
+    plateau = optim.ReduceLROnPlateau(opt, factor=0.25, patience=0)
+    assert [plateau.step(v) for v in (5.0, 4.0, 4.5, 3.0)] == [20.0, 20.0, 5.0, 5.0]
+    opt = optim.SGD(_model(), lr=1.0)
+    cos = optim.CosineLR(opt, total_steps=10, warmup_steps=2, min_lr=0.1)
+    lrs = [cos.step() for _ in range(10)]
+    assert lrs[1] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1) and lrs[5] > lrs[8]
+    with pytest.raises(ValueError, match="learning rate -1"):
+        optim.SGD(_model(), lr=-1)
