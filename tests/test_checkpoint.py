@@ -75,7 +75,8 @@ def test_file_is_plain_safetensors_with_json_metadata(tmp_path):
     path = save_checkpoint(tmp_path / "a.safetensors", {"w": np.ones(3, np.float32)}, {"step": 2})
     with safe_open(path, framework="np") as f:
         assert list(f.keys()) == ["w"]
-        assert json.loads(f.metadata()["rnnkit"]) == {"format_version": 1, "step": 2}
+        meta = json.loads(f.metadata()["rnnkit"])
+        assert meta.pop("tensor_sha256") and meta == {"format_version": 1, "step": 2}
 
 
 @pytest.mark.parametrize("tensors, meta, message", [
@@ -280,3 +281,17 @@ def test_sigkill_at_random_moments_never_corrupts_latest(tmp_path):
             break
     manager.save(previous + 1, {"weight": np.zeros(1)}, {"step": previous + 1})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_flipped_bit_in_tensor_data_is_detected(tmp_path, suffix):
+    """safetensors has no checksum of its own; the stored SHA-256 catches silent data damage."""
+    values = np.arange(64, dtype=np.float32)
+    path = save_checkpoint(tmp_path / f"c{suffix}", {"w": values}, {"step": 1})
+    data = bytearray(path.read_bytes())
+    pos = bytes(data).find(values[40:44].tobytes())  # inside the tensor payload
+    assert pos > 0
+    data[pos] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum|corrupted|CRC"):
+        load_checkpoint(path)

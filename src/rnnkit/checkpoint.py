@@ -13,6 +13,7 @@ a crash the target holds the old content or the new, never a part.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -118,12 +119,25 @@ def _encode(path: Path, tensors, meta) -> bytes:
     arrays = _prepare_tensors(tensors)
     if not isinstance(meta, dict):
         raise CheckpointError(f"meta is a {type(meta).__name__}; expected a dict of JSON-able data")
-    if "format_version" in meta:
-        raise CheckpointError("meta key 'format_version' is reserved for the file format")
-    text = json.dumps({"format_version": FORMAT_VERSION, **_plain(meta, "meta")})
+    for reserved in ("format_version", "tensor_sha256"):
+        if reserved in meta:
+            raise CheckpointError(f"meta key {reserved!r} is reserved for the file format")
+    text = json.dumps({"format_version": FORMAT_VERSION, "tensor_sha256": _digest(arrays),
+                       **_plain(meta, "meta")})
     if path.suffix == ".npz":
         return _npz_bytes({**arrays, NPZ_META_KEY: np.array(text)})
     return _st_save(arrays, metadata={META_KEY: text})
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: safetensors itself has no
+    checksum, so without this a flipped bit in the data region would load silently."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.newbyteorder('<').str}|{arr.shape}|".encode())
+        h.update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
 
 
 def _prepare_tensors(tensors) -> dict[str, np.ndarray]:
@@ -197,6 +211,10 @@ def load_checkpoint(path, expected: Mapping | None = None, *, strict: bool = Tru
         if not path.is_file():
             raise CheckpointError("not a regular file")
         tensors, meta = _read_npz(path) if path.suffix == ".npz" else _read_safetensors(path)
+        digest = meta.pop("tensor_sha256", None)
+        if not isinstance(digest, str) or digest != _digest(tensors):
+            raise CheckpointError("tensor data does not match its SHA-256 checksum (corrupted file)"
+                                  if isinstance(digest, str) else "metadata has no tensor_sha256 checksum")
         _check_tensors(tensors, expected, strict, check_finite)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
