@@ -13,14 +13,36 @@ import numpy as np
 from . import backend
 
 
+_NORM_CHUNK = 1 << 16
+
+
+def _sum_of_squares(g) -> float:
+    """``sum(g**2)`` accumulated in float64, without a float64 copy of the whole gradient.
+
+    float64 gradients go to one dot product; narrower ones are cast chunk by chunk into a
+    small float64 buffer (the float32 dot product alone would lose digits on big tensors).
+    """
+    xp = backend.get_array_module(g)
+    flat = g.reshape(-1)
+    if g.dtype == xp.float64 or xp is not np:
+        flat64 = flat.astype(xp.float64, copy=False)
+        return float(xp.dot(flat64, flat64))
+    buf = np.empty(min(flat.size, _NORM_CHUNK), dtype=np.float64)
+    total = 0.0
+    for start in range(0, flat.size, _NORM_CHUNK):
+        chunk = buf[: min(_NORM_CHUNK, flat.size - start)]
+        chunk[...] = flat[start : start + len(chunk)]
+        total += float(np.dot(chunk, chunk))
+    return total
+
+
 def clip_grad_norm(model, max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most ``max_norm``.
 
     Returns the norm before clipping (the number worth logging: it shows explosions).
     """
     grads = [g for _, _, g in model.named_parameters()]
-    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) if g.dtype != np.float64 else float((g * g).sum())
-                          for g in grads))
+    total = math.sqrt(sum(_sum_of_squares(g) for g in grads))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

@@ -1,4 +1,4 @@
-"""Fused pointwise cell math, NumPy reference.
+"""Pointwise cell math, NumPy reference (the fast path, ``fused``, is tested against it).
 
 Each function takes the gate pre-activations of one time step (the GEMMs are done by
 the caller) and writes its results into caller-owned buffers, so the time loop of a
@@ -62,12 +62,12 @@ def lstm_forward(A, c_prev, c_out, tanh_c_out, h_out):
     return h_out
 
 
-def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out):
+def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work=None):
     """Gradients of one LSTM step.
 
     gates (B, 4H) activated [i, f, g, o]; dh, dc: gradients reaching h_t and c_t
     (dc may be None). Writes dA (B, 4H), the gradient of the pre-activations, and
-    dc_prev = dc_total * f.
+    dc_prev = dc_total * f. ``work`` (a scratch buffer for faster kernels) is unused here.
     """
     H = gates.shape[-1] // 4
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]

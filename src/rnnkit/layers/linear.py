@@ -38,10 +38,12 @@ class Linear(Layer):
             raise ValueError(f"x has shape {getattr(x, 'shape', None)}; expected (..., {self.in_features})")
         check_float_input(x, "x", x.ndim, self.in_features, self.dtype, check_finite=False)
         self._x = x
-        y = x @ self.params["weight"].T
+        # one 2-D GEMM over all leading rows: a (B, T, in) @ (in, out) matmul would run as
+        # B separate (T, in) GEMMs, several times slower
+        y = x.reshape(-1, self.in_features) @ self.params["weight"].T
         if "bias" in self.params:
             y += self.params["bias"]
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dy):
         x = self._x

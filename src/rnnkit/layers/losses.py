@@ -44,23 +44,36 @@ class SoftmaxCrossEntropy(Layer):
         bad = valid & ((t < 0) | (t >= V))
         if bool(bad.any()):
             raise ValueError(f"target id {int(t[bad][0])}; expected ids in [0, {V - 1}]")
-        shifted = z - z.max(axis=1, keepdims=True)
-        lse = xp.log(xp.exp(shifted).sum(axis=1))
-        logp_t = shifted[xp.arange(len(t)), t_safe] - lse
+        # fused log-softmax: one (N, V) buffer holds exp(z - max) and later the gradient;
+        # the logits themselves are never modified
+        zmax = z.max(axis=1, keepdims=True)
+        e = xp.subtract(z, zmax)
+        xp.exp(e, out=e)
+        sumexp = e.sum(axis=1)
+        rows = xp.arange(len(t))
+        logp_t = (z[rows, t_safe] - zmax[:, 0]) - xp.log(sumexp)
         count = int(valid.sum())
         self.count = count
-        self._cache = (shifted, lse, t_safe, valid, count, logits.shape)
+        all_valid = count == len(t)
+        self._cache = (e, sumexp, t_safe, None if all_valid else valid, count, logits.shape)
         if count == 0:
             return 0.0
-        return float(-(logp_t * valid).sum() / count)
+        if not all_valid:
+            logp_t = logp_t * valid
+        return float(-logp_t.sum() / count)
 
     def backward(self, dloss: float = 1.0):
-        shifted, lse, t_safe, valid, count, shape = self._cache
-        xp = backend.get_array_module(shifted)
-        probs = xp.exp(shifted - lse[:, None])
-        probs[xp.arange(len(t_safe)), t_safe] -= 1.0
+        """``dlogits = (softmax(logits) - onehot(targets)) * dloss / count`` at counted rows, 0 elsewhere."""
+        e, sumexp, t_safe, valid, count, shape = self._cache
+        xp = backend.get_array_module(e)
         scale = dloss / max(count, 1)
-        probs *= (valid * scale).astype(probs.dtype)[:, None]
+        # softmax * scale in one pass over (N, V): each row of exp(z - max) times scale / sum
+        row_scale = scale / sumexp
+        if valid is not None:
+            row_scale = row_scale * valid
+        probs = xp.multiply(e, row_scale.astype(e.dtype)[:, None])
+        rows = xp.arange(len(t_safe))
+        probs[rows, t_safe] -= scale if valid is None else (valid * scale).astype(e.dtype)
         return probs.reshape(shape)
 
 

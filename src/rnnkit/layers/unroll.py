@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from ..kernels import pointwise as K
+from .. import kernels
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -53,6 +53,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     Returns (y (T, B, H) in original order, zero at masked steps; h_T; c_T or None; cache).
     """
     xp = backend.get_array_module(X)
+    K = kernels.active()
     T, B, D = X.shape
     H = W_hh.shape[1]
     G = GATES[mode] * H
@@ -66,7 +67,10 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     if reverse:
         xw = xw[::-1]
         m = m[::-1] if m is not None else None
-    W_hhT = W_hh.T
+    # h (B, H) @ W_hh^T runs T times on a (B, H) @ (H, G) GEMM; a contiguous copy of W_hh^T
+    # makes that GEMM 1.5-2.5x faster than the transposed view (OpenBLAS, small B), and
+    # costs one copy per call; a single step (cells, generation) keeps the view
+    W_hhT = xp.ascontiguousarray(W_hh.T) if T > 1 else W_hh.T
     Hs = xp.empty((T + 1, B, H), dtype=X.dtype)
     Hs[0] = h0
     cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw)
@@ -127,6 +131,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     """
     c = cache
     xp = backend.get_array_module(c.X)
+    K = kernels.active()
     T, B, D = c.X.shape
     H = c.W_hh.shape[1]
     G = GATES[c.mode] * H
@@ -142,11 +147,14 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         if dc_T is not None:
             dc += dc_T
         dc_prev = xp.empty((B, H), dtype=c.X.dtype)
+        work = xp.empty((B, G), dtype=c.X.dtype)  # kernel scratch, reused every step
     dXW = xp.empty((T, B, G), dtype=c.X.dtype)  # gradient of x W_ih^T + b_ih
     dHW = dXW if c.mode != "gru" else xp.empty((T, B, G), dtype=c.X.dtype)  # of h W_hh^T + b_hh
     g = xp.empty((B, H), dtype=c.X.dtype)  # gradient reaching the cell's new h
+    rec = xp.empty((B, H), dtype=c.X.dtype) if m is not None else None
 
     for t in range(T - 1, -1, -1):
+        # dh holds the gradient reaching h_t from step t+1 (and dh_T at the start)
         if dy is not None:
             xp.add(dh, dy[t], out=g)
         else:
@@ -158,19 +166,24 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             if dc is not None:
                 dc_pass = dc * ~valid
                 dc *= valid
-        else:
-            dh[...] = 0
         if c.mode == "lstm":
-            K.lstm_backward(c.gates[t], c.Cs[t], c.tanh_c[t], g, dc, dXW[t], dc_prev)
+            K.lstm_backward(c.gates[t], c.Cs[t], c.tanh_c[t], g, dc, dXW[t], dc_prev, work)
             dc, dc_prev = dc_prev, dc
             if m is not None:
                 dc += dc_pass
         elif c.mode == "gru":
             K.gru_backward(c.gates[t], c.hw_n[t], c.Hs[t], g, dXW[t], dHW[t])
-            dh += g * c.gates[t][:, H : 2 * H]  # direct path h_t = ... + z * h_{t-1}
         else:
             K.rnn_backward(c.Hs[t + 1], g, c.nonlinearity, out=dXW[t])
-        dh += dHW[t] @ c.W_hh
+        # gradient reaching h_{t-1}: through W_hh (written straight into dh when nothing
+        # passes through), plus the GRU's direct path h_t = ... + z * h_{t-1}
+        if m is None:
+            xp.matmul(dHW[t], c.W_hh, out=dh)
+        else:
+            xp.matmul(dHW[t], c.W_hh, out=rec)
+            dh += rec
+        if c.mode == "gru":
+            dh += g * c.gates[t][:, H : 2 * H]
 
     # weight gradients: one GEMM each over all steps
     w_ih, w_hh, b_ih, b_hh = names
