@@ -189,7 +189,7 @@ def test_jacobian_spectrum_equals_finite_differences(cls, cell_cls):
     spec = gf.jacobian_spectrum(rnn, x)
     params = {n[:-3]: p for n, p in rnn.params.items()}  # weight_ih_l0 -> weight_ih
     cells = gf.step_cells(rnn)
-    inputs, states, _ = gf._run_forward(cells, x)
+    inputs, states, _ = gf.run_cells(cells, x)
     jacobians = [_numeric_step_jacobian(cell_cls, params, inputs[0][t], states[0][t], lstm) for t in range(T)]
     numeric_sigma = np.stack([np.linalg.norm(J, ord=2, axis=(1, 2)) for J in jacobians])
     np.testing.assert_allclose(spec.step, numeric_sigma, rtol=1e-6)

@@ -210,23 +210,27 @@ def _is_lstm(cells) -> bool:
     return isinstance(cells[0], LSTMCell)
 
 
-def _run_forward(cells, x):
+def run_cells(cells, x):
     """Step every layer over x (B, T, D) float64 from zero states.
 
-    Returns (inputs[l][t] (B, D_l), states[l][t] = state before step t (h or (h, c)), y_T).
+    Returns ``(inputs, states, y_T)``: ``inputs[l][t]`` (B, D_l) is layer l's input at step t,
+    ``states[l][t]`` its state before step t (``h`` or ``(h, c)``; ``states[l][T]`` the final
+    one), ``y_T`` the top layer's last output.
     """
     B, T, _ = x.shape
     lstm = _is_lstm(cells)
     zero = np.zeros((B, cells[0].hidden_size))
     state = [(zero, zero) if lstm else zero for _ in cells]
     inputs = [[None] * T for _ in cells]
-    states = [[None] * T for _ in cells]
+    states = [[None] * (T + 1) for _ in cells]
     for t in range(T):
         inp = x[:, t]
         for l, cell in enumerate(cells):
             inputs[l][t], states[l][t] = inp, state[l]
             state[l] = cell.forward(inp, state[l])
             inp = state[l][0] if lstm else state[l]
+    for l in range(len(cells)):
+        states[l][T] = state[l]
     return inputs, states, inp
 
 
@@ -271,7 +275,7 @@ def hidden_state_gradients(rnn, x, dy_last) -> GradientFlow:
     dy_last = np.asarray(backend.to_numpy(dy_last), dtype=np.float64)
     if dy_last.shape != (B, H):
         raise ValueError(f"dy_last has shape {dy_last.shape}; expected (B, H) = ({B}, {H})")
-    _run_forward(cells, x)
+    run_cells(cells, x)
     dh_all = np.zeros((L, T, B, H))
     dc_all = np.zeros((L, T, B, H)) if lstm else None
     dx_all = np.zeros((T, B, D))
@@ -318,7 +322,7 @@ def jacobian_spectrum(rnn, x, layer: int = -1) -> JacobianSpectrum:
     x = np.asarray(backend.to_numpy(x), dtype=np.float64)
     cells = step_cells(rnn)
     lstm = _is_lstm(cells)
-    inputs, states, _ = _run_forward(cells, x)
+    inputs, states, _ = run_cells(cells, x)
     layer = layer % len(cells)
     B, T, _ = x.shape
     H = cells[layer].hidden_size
@@ -367,7 +371,7 @@ def language_model_gradient_flow(model, ids, targets) -> GradientFlow:
         raise ValueError(f"ids {ids.shape} and targets {targets.shape}; expected the same (B, T)")
     x = backend.to_numpy(model.encoder.params["weight"]).astype(np.float64)[ids]
     cells = step_cells(model.rnn)
-    _, _, h_T = _run_forward(cells, x)
+    _, _, h_T = run_cells(cells, x)
     W = backend.to_numpy(model.decoder.params["weight"]).astype(np.float64)
     logits = h_T @ W.T
     if "bias" in model.decoder.params:
