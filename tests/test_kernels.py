@@ -1,0 +1,191 @@
+"""Fast paths against their plain references.
+
+- ``kernels.fused`` against ``kernels.pointwise`` (the readable reference): bit-identical
+  in float64 and float32, on ordinary and saturated pre-activations;
+- whole layers run with ``kernels.use("fused")`` against ``kernels.use("reference")``,
+  with masks and both directions;
+- the fused softmax cross-entropy, Linear over (B, T, in) and the chunked float64 norm of
+  ``clip_grad_norm`` against the textbook formulas written out here.
+"""
+import numpy as np
+import pytest
+
+from rnnkit import GRU, LSTM, RNN, Linear, SoftmaxCrossEntropy, kernels, optim
+from rnnkit.kernels import fused, pointwise
+from rnnkit.layers import Layer
+
+DTYPES = [np.float64, np.float32]
+
+
+def _preacts(rng, shape, dtype, saturated):
+    a = rng.standard_normal(shape) * (40.0 if saturated else 1.5)
+    if saturated:  # some entries far in both tails, where sigma and tanh round to 0 or +-1
+        a.flat[:: 7] = 1e4
+        a.flat[3:: 11] = -1e4
+    return a.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("saturated", [False, True])
+@pytest.mark.parametrize("B,H", [(3, 5), (1, 16), (8, 33)])
+def test_lstm_kernels_match_reference(dtype, saturated, B, H):
+    rng = np.random.default_rng(B * 100 + H)
+    A = _preacts(rng, (B, 4 * H), dtype, saturated)
+    c_prev = rng.standard_normal((B, H)).astype(dtype)
+    outs = {}
+    for name, K in (("ref", pointwise), ("fast", fused)):
+        gates, c, tc, h = A.copy(), np.empty_like(c_prev), np.empty_like(c_prev), np.empty_like(c_prev)
+        K.lstm_forward(gates, c_prev, c, tc, h)
+        outs[name] = (gates, c, tc, h)
+    for ref, fast in zip(outs["ref"], outs["fast"]):
+        np.testing.assert_array_equal(fast, ref)  # same operations, same roundings
+    gates, _, tc, _ = outs["ref"]
+    dh = rng.standard_normal((B, H)).astype(dtype)
+    for dc in (None, rng.standard_normal((B, H)).astype(dtype)):
+        res = {}
+        for name, K in (("ref", pointwise), ("fast", fused)):
+            dA, dcp = np.empty_like(A), np.empty_like(c_prev)
+            K.lstm_backward(gates, c_prev, tc, dh, dc, dA, dcp, np.empty_like(A))
+            res[name] = (dA, dcp)
+        np.testing.assert_array_equal(res["fast"][0], res["ref"][0])
+        np.testing.assert_array_equal(res["fast"][1], res["ref"][1])
+    assert np.isfinite(outs["fast"][0]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_helpers_are_sigmoid_and_tanh(dtype):
+    rng = np.random.default_rng(0)
+    H = 6
+    A = _preacts(rng, (4, 4 * H), dtype, saturated=True)
+    Y = fused.activate(A.copy(), "ifgo")
+    a64 = A.astype(np.float64)
+    with np.errstate(over="ignore"):
+        expected = np.concatenate([1 / (1 + np.exp(-a64[:, : 2 * H])), np.tanh(a64[:, 2 * H : 3 * H]),
+                                   1 / (1 + np.exp(-a64[:, 3 * H :]))], axis=1)
+    tol = 1e-14 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(Y, expected, rtol=0, atol=tol)
+    D = fused.activation_grad(Y, "ifgo", np.empty_like(Y))
+    sig = np.concatenate([Y[:, : 2 * H], Y[:, 3 * H :]], axis=1)
+    np.testing.assert_array_equal(np.concatenate([D[:, : 2 * H], D[:, 3 * H :]], axis=1), sig * (1 - sig))
+    np.testing.assert_array_equal(D[:, 2 * H : 3 * H], 1 - Y[:, 2 * H : 3 * H] ** 2)
+
+
+def _run_layer(layer_class, kernel, dtype, mask, bidirectional, **kw):
+    kernels.use(kernel)
+    try:
+        rng = np.random.default_rng(3)
+        layer = layer_class(5, 7, num_layers=2, bidirectional=bidirectional, dtype=dtype, seed=1, **kw)
+        x = (rng.standard_normal((4, 9, 5)) * 3).astype(dtype)
+        y, state = layer.forward(x, mask=mask)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = layer.backward(dy)
+        return [y, dx] + [g.copy() for _, _, g in layer.named_parameters()]
+    finally:
+        kernels.use("fused")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer_class", [LSTM, GRU, RNN])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layers_fused_equal_reference(dtype, layer_class, masked, bidirectional):
+    mask = None
+    if masked:
+        mask = np.ones((4, 9), dtype=bool)
+        mask[1, 6:] = False
+        mask[3, 2:] = False
+    fast = _run_layer(layer_class, "fused", dtype, mask, bidirectional)
+    ref = _run_layer(layer_class, "reference", dtype, mask, bidirectional)
+    for a, b in zip(fast, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_use_rejects_unknown_kernels():
+    with pytest.raises(ValueError, match="kernels 'cuda'"):
+        kernels.use("cuda")
+    assert kernels.active() is fused
+
+
+# ---------------------------------------------------------------- loss, linear, clip
+def _textbook_ce(logits, targets, valid, dloss=1.0):
+    z = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    t = targets.reshape(-1)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    v = valid.reshape(-1)
+    count = max(int(v.sum()), 1)
+    zt = z[np.arange(len(t)), np.where(v, t, 0)]
+    logp = zt - z.max(axis=1) - np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1))
+    loss = -logp[v].sum() / count
+    d = p.copy()
+    d[np.arange(len(t)), np.where(v, t, 0)] -= 1
+    d *= (v * dloss / count)[:, None]
+    return loss, d.reshape(logits.shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["plain", "ignore", "mask", "saturated"])
+def test_softmax_cross_entropy_matches_textbook(dtype, case):
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((3, 5, 11)) * (300.0 if case == "saturated" else 2.0)
+    targets = rng.integers(0, 11, size=(3, 5))
+    valid = np.ones((3, 5), dtype=bool)
+    ce = SoftmaxCrossEntropy(ignore_index=4 if case == "ignore" else None)
+    mask = None
+    if case == "ignore":
+        targets[0, :3] = 4
+        valid = targets != 4
+    if case == "mask":
+        mask = rng.random((3, 5)) < 0.6
+        valid = mask
+    logits = logits.astype(dtype)
+    before = logits.copy()
+    loss = ce.forward(logits, targets, mask=mask)
+    dlogits = ce.backward(0.5)
+    again = ce.backward(0.5)  # backward may be called again: the cache is not consumed
+    exp_loss, exp_d = _textbook_ce(logits, targets, valid, 0.5)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    assert loss == pytest.approx(exp_loss, rel=rtol, abs=rtol)
+    np.testing.assert_allclose(dlogits, exp_d, rtol=rtol, atol=1e-12 if dtype == np.float64 else 1e-7)
+    np.testing.assert_array_equal(again, dlogits)
+    np.testing.assert_array_equal(logits, before)  # logits are never modified
+    assert dlogits.dtype == dtype and ce.count == int(valid.sum())
+    assert np.all(dlogits[~valid] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_over_batch_and_time_is_one_affine_map(dtype):
+    rng = np.random.default_rng(2)
+    lin = Linear(6, 4, dtype=dtype, seed=0)
+    x = rng.standard_normal((3, 5, 6)).astype(dtype)
+    y = lin.forward(x)
+    W, b = lin.params["weight"], lin.params["bias"]
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(y, np.einsum("btd,od->bto", x, W) + b, rtol=tol, atol=tol)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = lin.backward(dy)
+    np.testing.assert_allclose(dx, np.einsum("bto,od->btd", dy, W), rtol=tol, atol=tol)
+    np.testing.assert_allclose(lin.grads["weight"], np.einsum("bto,btd->od", dy, x), rtol=tol, atol=tol)
+    np.testing.assert_allclose(lin.grads["bias"], dy.sum(axis=(0, 1)), rtol=tol, atol=tol)
+    assert lin.forward(x[0, 0]).shape == (4,)
+
+
+class _Params(Layer):
+    def __init__(self, grads):
+        super().__init__()
+        for k, g in enumerate(grads):
+            self.add_param(f"p{k}", np.zeros_like(g))
+            self.grads[f"p{k}"][...] = g
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clip_grad_norm_is_the_float64_norm(dtype):
+    rng = np.random.default_rng(5)
+    # one tensor bigger than a chunk, one odd-sized, one scalar-like
+    grads = [rng.standard_normal(size).astype(dtype) * 3 for size in ((300, 250), (7,), (1,))]
+    expected = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    model = _Params(grads)
+    assert optim.clip_grad_norm(model, 1e9) == pytest.approx(expected, rel=1e-13)
+    assert optim.clip_grad_norm(model, 1.0) == pytest.approx(expected, rel=1e-13)
+    clipped = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for _, _, g in model.named_parameters()))
+    assert clipped == pytest.approx(1.0, rel=1e-5)
