@@ -235,3 +235,68 @@ def test_command_line_writes_csv_and_png(tmp_path):
     assert {r["variant"] for r in rows} == {"tanh", "sigmoid", "relu"}
     assert all(float(r["grad_h_norm"]) > 0 for r in rows)
     assert (tmp_path / "out" / "gradflow_activations.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- memory tasks
+from rnnkit.analysis import memory_tasks as mt  # noqa: E402
+
+
+def test_copy_problem_layout():
+    b = mt.copy_problem(4, delay=5, num_symbols=2, alphabet=6, rng=_rng(0))
+    assert b.x.shape == (4, 9, 8) and b.targets.shape == (4, 9)
+    ids = b.x.argmax(-1)
+    np.testing.assert_array_equal(ids[:, 2:6], 6)  # blanks
+    np.testing.assert_array_equal(ids[:, 6], 7)  # go
+    np.testing.assert_array_equal(b.targets[:, 7:], ids[:, :2])  # recall the symbols in order
+    assert b.mask[:, 7:].all() and not b.mask[:, :7].any()
+    d = mt.copy_problem(4, delay=5, num_symbols=1, alphabet=6, rng=_rng(0), distractors=True)
+    assert d.x.shape[-1] == mt.copy_input_size(6, True) == 14
+    assert (d.x.argmax(-1)[:, 1:5] >= 8).all()  # distractors come from the second alphabet
+
+
+def test_adding_problem_target_is_the_sum_of_the_marked_values():
+    x, y = mt.adding_problem(16, 10, rng=_rng(1))
+    assert x.shape == (16, 10, 2) and y.shape == (16, 1)
+    marked = x[..., 1] == 1
+    assert (marked.sum(1) == 2).all() and marked[:, :5].any(1).all() and marked[:, 5:].any(1).all()
+    np.testing.assert_allclose(y[:, 0], (x[..., 0] * marked).sum(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("task,cell", [("copy", "lstm"), ("adding", "gru"), ("adding", "rnn-relu")])
+def test_memory_model_gradients_equal_finite_differences(task, cell):
+    in_size = 10 if task == "copy" else 2
+    model = mt.MemoryModel(task, cell, in_size, 4, 8 if task == "copy" else 1, seed=2).to(dtype=F64)
+    if task == "copy":
+        b = mt.copy_problem(3, 4, 1, 8, _rng(3), dtype=F64)
+        args = (b.x, b.targets, b.mask)
+    else:
+        args = mt.adding_problem(3, 6, _rng(3), dtype=F64)
+    model.zero_grad()
+    model.loss(*args)
+    model.backward()
+    rng = _rng(4)
+    for name, p, g in model.named_parameters():
+        flat, grad = p.reshape(-1), g.reshape(-1)
+        for i in rng.choice(flat.size, size=min(5, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + EPS
+            plus = model.loss(*args)
+            flat[i] = old - EPS
+            minus = model.loss(*args)
+            flat[i] = old
+            assert grad[i] == pytest.approx((plus - minus) / (2 * EPS), rel=1e-5, abs=1e-9), name
+
+
+def test_gru_learns_the_adding_problem():
+    run = mt.train_memory_task("adding", "gru", 10, steps=800, hidden_size=16, eval_every=50, seed=0)
+    assert run.solved_at is not None, run.history[-3:]
+    assert run.final_metric <= 0.01 < mt.ADDING_BASELINE_MSE
+
+
+def test_clipping_keeps_an_exploding_rnn_finite():
+    kw = dict(steps=15, optimizer="sgd", lr=0.01, recurrent_scale=2.0, hidden_size=16, eval_every=15,
+              stop_when_solved=False)
+    wild = mt.train_memory_task("adding", "rnn-relu", 40, clip=None, **kw)
+    tame = mt.train_memory_task("adding", "rnn-relu", 40, clip=1.0, **kw)
+    assert wild.nonfinite_steps > 0 and wild.max_grad_norm > 1e6
+    assert tame.nonfinite_steps == 0 and np.isfinite(tame.final_metric)

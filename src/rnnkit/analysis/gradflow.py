@@ -542,17 +542,12 @@ def plot(rows: list[dict], path, title: str) -> Path:
 # ----------------------------------------------------------------------------- command line
 def _load_text(args) -> str:
     if args.text:
-        return Path(args.text).read_text(encoding="utf-8")
-    try:
-        from ..data import bundled_text
+        from ..data import read_text
 
-        return bundled_text("tinyshakespeare")
-    except ImportError:  # rnnkit.data not there: read the bundled file directly
-        import gzip
-        from importlib import resources
+        return read_text(args.text)
+    from ..data import bundled_text
 
-        return gzip.decompress(resources.files("rnnkit").joinpath("_data/tinyshakespeare.txt.gz").read_bytes()
-                               ).decode("utf-8")
+    return bundled_text("tinyshakespeare")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -599,7 +594,10 @@ def _run_checkpoint(args, out: Path) -> int:
     vocab = getattr(model, "vocab", None)
     if vocab is None or not hasattr(vocab, "encode"):
         raise SystemExit(f"{args.checkpoint}: model has no vocabulary with encode(); gradflow needs a language model")
-    data = np.asarray(vocab.encode(_load_text(args)), dtype=np.int64)
+    from ..data import tokenize
+
+    level = getattr(getattr(model, "config", None), "level", "char")
+    data = np.asarray(vocab.encode(tokenize(_load_text(args), level)), dtype=np.int64)
     if len(data) < args.seq_len + 2:
         raise SystemExit(f"text has {len(data)} tokens; need at least seq_len + 2 = {args.seq_len + 2}")
     rng = np.random.default_rng(args.seed)
