@@ -1,0 +1,222 @@
+"""Forecasting benchmark: Forecaster vs seasonal naive vs ARIMA on the same test origins.
+
+For one dataset and horizon: trains the network with ``--seeds`` seeds (Adam, clipping,
+early stopping on validation loss, best weights kept), then evaluates on the test part
+with rolling origins (every origin whose ``horizon`` targets lie in test is forecast
+from the true history up to it). On exactly those origins and targets it also scores
+
+- the seasonal-naive forecast ``y_{t+k-s*ceil(k/s)}`` (s = season; s = 1 is the naive last value);
+- a SARIMA model (statsmodels) on the same transformed series (log where the network
+  uses log), order chosen by AIC on the training part from a small grid, fitted once
+  (a) on the training part only — the data the network's weights saw — and
+  (b) on training + validation; forecasts from each origin apply the fitted
+  parameters to the history up to that origin (no refit).
+
+Needs the ``bench`` extra (statsmodels, matplotlib). Writes a JSON line per dataset to
+``--out`` and a PNG of forecast vs truth to ``--figure``.
+
+    python benchmarks/run_forecast.py --dataset air-passengers --seeds 0 1 2 3 4 \
+        --figure benchmarks/figures/forecast_air_passengers_h1.png --out runs/forecast.jsonl
+    python benchmarks/run_forecast.py --dataset air-passengers --set horizon=12 output=sequence
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from rnnkit.config import from_dict, parse_overrides, to_dict
+from rnnkit.optim import Adam, clip_grad_norm
+from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics, load_series
+
+
+def train_one(task: ForecastTask, epochs: int, lr: float, patience: int, clip: float) -> int:
+    """Adam + clipping; early stopping on validation loss; the best weights are restored."""
+    model = task.model
+    opt = Adam(model, lr=lr)
+    best, best_state, best_epoch, waited = np.inf, None, -1, 0
+    for epoch in range(epochs):
+        task.start_epoch(epoch)
+        for batch in task.train_batches(epoch):
+            model.zero_grad()
+            task.train_loss(batch)
+            task.backward()
+            clip_grad_norm(model, clip)
+            opt.step()
+        val = task.evaluate("valid")["loss"]
+        if val < best:
+            best, best_epoch, waited = val, epoch, 0
+            best_state = {k: v.copy() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited > patience:
+                break
+    model.load_state_dict(best_state)
+    return best_epoch
+
+
+# ---- ARIMA -------------------------------------------------------------------------------
+def arima_grid(season: int):
+    orders = [(p, d, q) for p, d, q in itertools.product(range(3), range(2), range(3))]
+    seasonal = [(0, 0, 0, 0)]
+    if season > 1:
+        seasonal += [(P, D, Q, season) for P, D, Q in itertools.product(range(2), range(2), range(2)) if P + D + Q]
+    return orders, seasonal
+
+
+def fit_sarima(v: np.ndarray, season: int, order=None, seasonal_order=None):
+    """Fit SARIMA on v (T,); without an order, pick the lowest-AIC one from the grid."""
+    from statsmodels.tsa.statespace.sarimax import SARIMAX  # noqa: PLC0415
+
+    def fit(o, so):
+        trend = "c" if o[1] + so[1] == 0 else "n"
+        with warnings.catch_warnings():  # non-converged grid points are common and harmless here
+            warnings.simplefilter("ignore")
+            return SARIMAX(v, order=o, seasonal_order=so, trend=trend).fit(disp=False)
+
+    if order is not None:
+        return fit(order, seasonal_order)
+    best = None
+    for o, so in itertools.product(*arima_grid(season)):
+        try:
+            res = fit(o, so)
+        except Exception:  # noqa: BLE001 - a grid point that does not converge is skipped
+            continue
+        if np.isfinite(res.aic) and (best is None or res.aic < best.aic):
+            best = res
+    return best
+
+
+def arima_forecasts(res, v: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, h) forecasts of v from each origin, the fitted parameters applied to v[:t+1]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.stack([np.asarray(res.apply(v[:t + 1]).forecast(horizon)) for t in origins])
+
+
+# ---- figure ------------------------------------------------------------------------------
+def plot(path: Path, task: ForecastTask, origins, preds: dict, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    y = task.y[:, 0]
+    h = task.config.horizon
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    start = max(0, task.train_end - 3 * max(task.config.season, 12))
+    ax.plot(np.arange(start, len(y)), y[start:], color="black", lw=1.6, label="truth")
+    ax.axvspan(task.train_end, task.val_end, color="0.92", label="validation")
+    ax.axvspan(task.val_end, len(y), color="0.85", label="test")
+    styles = {"network": ("tab:blue", "-"), "ARIMA": ("tab:orange", "--"), "seasonal naive": ("tab:green", ":")}
+    for name, pred in preds.items():
+        color, ls = styles[name]
+        if h == 1:
+            ax.plot(origins + 1, pred[:, 0, 0], color=color, ls=ls, lw=1.4, label=f"{name} (one step ahead)")
+        else:  # the forecast from the first test origin, all h steps
+            ax.plot(origins[0] + 1 + np.arange(h), pred[0, :, 0], color=color, ls=ls, lw=1.4,
+                    label=f"{name} ({h} steps from one origin)")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(task.columns[0])
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(values) -> str:
+    values = np.asarray(values)
+    return f"{values.mean():.3g} ± {values.std():.2g}" if len(values) > 1 else f"{values[0]:.3g}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="air-passengers")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--patience", type=int, default=25)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ForecastConfig overrides")
+    p.add_argument("--arima-order", help="p,d,q,P,D,Q (default: AIC grid search on the training part)")
+    p.add_argument("--no-arima", action="store_true")
+    p.add_argument("--figure", type=Path)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+
+    config = from_dict(ForecastConfig, {"dataset": args.dataset, "data_dir": args.data_dir, **parse_overrides(args.set)})
+    series, names = load_series(config)
+    nets, tasks = [], []
+    for seed in args.seeds:
+        start = time.time()
+        task = ForecastTask(config, series, names, seed=seed)
+        epoch = train_one(task, args.epochs, args.lr, args.patience, args.clip)
+        origins, pred, truth = task.forecast("test")
+        m = forecast_metrics(pred, truth)
+        print(f"seed {seed}: best epoch {epoch}, test MAE {m['mae']:.4g} MAPE {m['mape']:.3g}% "
+              f"({time.time() - start:.0f}s)", flush=True)
+        nets.append({"seed": seed, "epoch": epoch, **m, "pred": pred})
+        tasks.append(task)
+    task = tasks[0]
+    cfg = task.config
+    origins, truth = task.origins["test"], task.truth(task.origins["test"])
+    naive = forecast_metrics(task.seasonal_naive(origins), truth)
+    result = {"dataset": args.dataset, "config": to_dict(cfg), "test_origins": len(origins),
+              "train": {"epochs": args.epochs, "lr": args.lr, "patience": args.patience, "clip": args.clip},
+              "network": {k: [n[k] for n in nets] for k in ("seed", "epoch", "mae", "rmse", "mape")},
+              "seasonal_naive": naive}
+    mean_pred = np.mean([n["pred"] for n in nets], axis=0)
+    result["network_seed_average"] = forecast_metrics(mean_pred, truth)
+    preds = {"network": nets[0]["pred"], "seasonal naive": task.seasonal_naive(origins)}
+
+    if not args.no_arima:  # univariate: the first target column
+        v = task.v[:, 0]
+        order = seasonal = None
+        if args.arima_order:
+            o = [int(x) for x in args.arima_order.split(",")]
+            order, seasonal = tuple(o[:3]), (*o[3:6], cfg.season) if any(o[3:6]) else (0, 0, 0, 0)
+        res = fit_sarima(v[:task.train_end], cfg.season, order, seasonal)
+        order, seasonal = res.model.order, res.model.seasonal_order
+        inv = np.exp if cfg.transform == "log" else (lambda a: a)
+        for label, fit_end in (("arima_train", task.train_end), ("arima_train_val", task.val_end)):
+            fitted = res if fit_end == task.train_end else fit_sarima(v[:fit_end], cfg.season, order, seasonal)
+            pred = inv(arima_forecasts(fitted, v, origins, cfg.horizon))[:, :, None]
+            result[label] = forecast_metrics(pred, truth)
+            if label == "arima_train":
+                preds["ARIMA"] = pred
+        result["arima_order"] = {"order": list(order), "seasonal_order": list(seasonal),
+                                 "transform": cfg.transform}
+
+    net = result["network"]
+    print(f"\n{args.dataset}  horizon {cfg.horizon}  output {cfg.output}  {len(origins)} test origins")
+    print(f"  network ({len(nets)} seeds)  MAE {fmt(net['mae'])}  MAPE {fmt(net['mape'])}%")
+    print(f"  network seed-average    MAE {result['network_seed_average']['mae']:.4g}  "
+          f"MAPE {result['network_seed_average']['mape']:.3g}%")
+    print(f"  seasonal naive          MAE {naive['mae']:.4g}  MAPE {naive['mape']:.3g}%")
+    for label in ("arima_train", "arima_train_val"):
+        if label in result:
+            print(f"  {label:<23} MAE {result[label]['mae']:.4g}  MAPE {result[label]['mape']:.3g}%  "
+                  f"{result['arima_order']}")
+    if args.figure:
+        title = (f"{args.dataset}: test forecasts (network seed {args.seeds[0]}, {cfg.cell}, "
+                 f"horizon {cfg.horizon}, {cfg.output})")
+        plot(args.figure, task, origins, preds, title)
+        print(f"figure: {args.figure}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Pooling over time: one vector per sequence from a (B, T, D) sequence of outputs.
+
+Only valid steps count (``mask`` True), so a padded sequence pools to exactly what it
+would pool to alone:
+
+- ``last``: the output at each sequence's last valid step ``y[b, L_b - 1]``. For a
+  bidirectional output ``[forward | reverse]`` the reverse half is taken at ``t = 0``,
+  where the reverse direction has read the whole sequence: the pooled vector is the
+  final state of both directions.
+- ``mean``: ``sum_t m[b, t] y[b, t] / L_b``.
+- ``max``: ``max_{t: m[b, t]} y[b, t, d]`` per feature; the gradient goes to the argmax step.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ._checks import check_float_input
+from .base import Layer
+
+POOLING_MODES = ("last", "mean", "max")
+
+
+class SequencePooling(Layer):
+    """``(B, T, D)`` outputs and a ``(B, T)`` bool mask -> ``(B, D)``; no parameters.
+
+    mode: "last" | "mean" | "max". num_directions: 2 when the input is a bidirectional
+    output ``[forward H | reverse H]`` (matters for "last" only).
+    """
+
+    def __init__(self, mode: str = "last", num_directions: int = 1):
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise ValueError(f"pooling mode {mode!r}; expected one of {POOLING_MODES}")
+        if num_directions not in (1, 2):
+            raise ValueError(f"num_directions {num_directions!r}; expected 1 or 2")
+        self.mode, self.num_directions = mode, num_directions
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}" + (", bidirectional" if self.num_directions == 2 else "")
+
+    def forward(self, y, mask=None):
+        """y (B, T, D); mask (B, T) bool, True at valid steps (None: all valid). Returns (B, D)."""
+        check_float_input(y, "y", 3, None, y.dtype, check_finite=False)
+        xp = backend.get_array_module(y)
+        B, T, D = y.shape
+        if mask is None:
+            mask = xp.ones((B, T), dtype=bool)
+        else:
+            mask = xp.asarray(mask)
+            if tuple(mask.shape) != (B, T) or mask.dtype != bool:
+                raise ValueError(f"mask has shape {tuple(mask.shape)} dtype {mask.dtype}; expected ({B}, {T}) bool")
+        lengths = mask.sum(axis=1)
+        if int(lengths.min()) < 1:
+            raise ValueError(f"sequence {int(xp.argmin(lengths))} has no valid step; need length >= 1")
+        rows = xp.arange(B)
+        if self.mode == "last":
+            H = D // self.num_directions
+            last = lengths - 1  # mask marks a valid prefix, so the last valid step is L - 1
+            out = y[rows, last].copy()
+            if self.num_directions == 2:
+                out[:, H:] = y[:, 0, H:]
+            self._cache = (y.shape, last)
+        elif self.mode == "mean":
+            w = (mask / lengths[:, None]).astype(y.dtype)  # (B, T)
+            out = xp.einsum("bt,btd->bd", w, y)
+            self._cache = (y.shape, w)
+        else:
+            masked = xp.where(mask[:, :, None], y, -xp.inf)
+            arg = masked.argmax(axis=1)  # (B, D)
+            out = xp.take_along_axis(y, arg[:, None, :], axis=1)[:, 0]
+            self._cache = (y.shape, arg)
+        return out
+
+    def backward(self, dout):
+        """dout (B, D) -> dy (B, T, D); padded steps get exactly zero."""
+        if self._cache is None:
+            raise RuntimeError("backward called before forward")
+        shape, aux = self._cache
+        xp = backend.get_array_module(dout)
+        B, T, D = shape
+        rows = xp.arange(B)
+        if self.mode == "last":
+            dy = xp.zeros(shape, dtype=dout.dtype)
+            H = D // self.num_directions
+            if self.num_directions == 2:
+                dy[rows, aux, :H] = dout[:, :H]
+                dy[:, 0, H:] += dout[:, H:]
+            else:
+                dy[rows, aux] = dout
+        elif self.mode == "mean":
+            dy = aux[:, :, None] * dout[:, None, :]
+        else:
+            dy = xp.zeros(shape, dtype=dout.dtype)
+            xp.put_along_axis(dy, aux[:, None, :], dout[:, None, :], axis=1)
+        return dy
+
+
+__all__ = ["SequencePooling", "POOLING_MODES"]

@@ -1,0 +1,252 @@
+"""``rnnkit train --task classify``: many-to-one text classification.
+
+Data: ``rt-polarity`` (Pang & Lee sentence polarity, 10,662 sentences), ``sms-spam``
+(SMS Spam Collection, 5,574 messages), or a path to any labelled text/CSV file (see
+:func:`rnnkit.data.tasks.load_labelled_file`). Texts are lower-cased and split into
+words and punctuation; the vocabulary (``<pad>`` = 0, ``<unk>`` = 1, then words seen at
+least ``min_freq`` times) is built on the training part only.
+
+Splits: a fixed random split (``val_fraction``, ``test_fraction``), or k-fold
+cross-validation (``folds`` = k > 1): fold ``fold`` is the test set and ``val_fraction``
+of the rest is held out for early stopping. Every split is drawn from ``seed`` alone, so
+a run is reproducible and the k folds of one seed partition the data.
+
+Metrics: loss (mean cross-entropy), accuracy, and for two classes the F1 score of the
+rarer class (``spam`` in SMS spam) with its precision and recall.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.batching import pad_batch
+from ..data.tasks import load_labelled_file, load_rt_polarity, load_sms_spam
+from ..data.text import shared_data_dir
+from ..data.vocab import PAD, UNK, Vocab
+from ..models.classifier import ClassifierConfig, SequenceClassifier
+
+NAMED = ("rt-polarity", "sms-spam")
+_WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lower-cased words (with inner apostrophes: ``don't``) and single punctuation marks."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class ClassifyConfig(ClassifierConfig):
+    """Data and model hyper-parameters of the classification task."""
+
+    dataset: str = field(default="sms-spam", metadata={
+        "help": "rt-polarity | sms-spam | path to a labelled text/CSV file"})
+    data_dir: str = field(default="", metadata={
+        "help": "folder holding rt-polarity/ and sms-spam-collection/ (default: $RNNKIT_DATA or ../shared/data)"})
+    min_freq: int = field(default=1, metadata={"help": "keep words seen at least this often in training"})
+    max_len: int = field(default=100, metadata={"help": "keep at most this many tokens of each text"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per training batch"})
+    val_fraction: float = field(default=0.1, metadata={"help": "fraction held out for validation"})
+    test_fraction: float = field(default=0.1, metadata={"help": "fraction held out for test (fixed split)"})
+    folds: int = field(default=0, metadata={"help": "k > 1: k-fold cross-validation, test = fold number `fold`"})
+    fold: int = field(default=0, metadata={"help": "which fold is the test set (0 <= fold < folds)"})
+    max_train: int = field(default=0, metadata={"help": "use at most this many training examples (0: all)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"folds {self.folds}; expected 0 (fixed split) or k >= 2")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold {self.fold}; expected 0 <= fold < folds={self.folds}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 \
+                or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction}, test_fraction {self.test_fraction}; "
+                             "expected fractions in (0, 1) that leave a training part")
+
+
+def model_config(config: ClassifyConfig) -> ClassifierConfig:
+    """The architecture part of a task config."""
+    names = [f.name for f in dataclasses.fields(ClassifierConfig)]
+    return ClassifierConfig(**{n: getattr(config, n) for n in names})
+
+
+def data_dir(config) -> Path:
+    """The configured data folder, else $RNNKIT_DATA, else ``../shared/data`` (beside the checkout)."""
+    if config.data_dir:
+        return Path(config.data_dir)
+    return shared_data_dir() or Path("..") / "shared" / "data"
+
+
+def load_texts(config: ClassifyConfig) -> tuple[list[str], list[str]]:
+    """(texts, label names) of the configured dataset."""
+    if config.dataset == "rt-polarity":
+        return load_rt_polarity(data_dir(config) / "rt-polarity")
+    if config.dataset == "sms-spam":
+        return load_sms_spam(data_dir(config) / "sms-spam-collection" / "SMSSpamCollection")
+    return load_labelled_file(config.dataset)
+
+
+def split_indices(n: int, config: ClassifyConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) index arrays: a fixed split, or fold ``config.fold`` of k."""
+    order = np.random.default_rng(seed).permutation(n)
+    if config.folds:
+        bounds = np.linspace(0, n, config.folds + 1).round().astype(int)
+        test = order[bounds[config.fold]:bounds[config.fold + 1]]
+        rest = np.concatenate([order[:bounds[config.fold]], order[bounds[config.fold + 1]:]])
+        n_val = int(round(config.val_fraction * n))
+        return rest[n_val:], rest[:n_val], test
+    n_test, n_val = int(round(config.test_fraction * n)), int(round(config.val_fraction * n))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+class ClassifyTask:
+    """Trains a :class:`SequenceClassifier` on a labelled text set (see the module docstring)."""
+
+    name = "classify"
+    config_class = ClassifyConfig
+    main_metric = "val_loss"
+
+    def __init__(self, config: ClassifyConfig, texts: list[str], labels: list[str], seed: int = 0,
+                 model: SequenceClassifier | None = None):
+        self.config, self.seed = config, seed
+        if len(texts) != len(labels) or not texts:
+            raise ValueError(f"{len(texts)} texts and {len(labels)} labels; expected equally many, at least one")
+        tokens = [word_tokens(t)[: config.max_len] for t in texts]
+        train, val, test = split_indices(len(texts), config, seed)
+        if config.max_train:
+            train = train[: config.max_train]
+        if model is None:
+            names = sorted(set(labels))
+            vocab = Vocab.build((w for i in train for w in tokens[i]), min_freq=config.min_freq, specials=(PAD, UNK))
+            model = SequenceClassifier(model_config(config), len(vocab), len(names), pad_id=vocab.pad_id,
+                                       labels=names, vocab=vocab.to_dict(), seed=seed)
+        self.model = model
+        self.vocab = Vocab.from_dict(model.vocab)
+        self.labels = list(model.labels)
+        label_id = {name: i for i, name in enumerate(self.labels)}
+        unknown = sorted(set(labels) - set(label_id))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not among the model's classes {self.labels}")
+        unk = self.vocab.unk_id
+        # an empty text becomes one <unk>, so every sequence has a valid step
+        self.ids = [self.vocab.encode(t) if t else np.array([unk], dtype=np.int64) for t in tokens]
+        self.targets = np.array([label_id[lab] for lab in labels], dtype=np.int64)
+        self.splits = {"train": train, "valid": val, "test": test}
+        counts = np.bincount(self.targets[train], minlength=len(self.labels))
+        # F1 is reported for the rarer of two classes (a tie picks id 1)
+        self.positive = (1 if counts[1] <= counts[0] else 0) if len(self.labels) == 2 else None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ClassifyConfig, seed: int = 0) -> "ClassifyTask":
+        texts, labels = load_texts(config)
+        return cls(config, texts, labels, seed)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "ClassifyTask":
+        """The task of a saved run: its model (weights, vocabulary, labels) and its data split."""
+        from ..checkpoint import load_checkpoint  # noqa: PLC0415
+        from ..config import from_dict  # noqa: PLC0415
+        from ..models.base import Model  # noqa: PLC0415
+
+        _, meta = load_checkpoint(path)
+        task_meta = find_task_meta(meta, cls.name)
+        config = from_dict(ClassifyConfig, task_meta["config"])
+        model = Model.load(path)
+        texts, labels = load_texts(config)
+        return cls(config, texts, labels, int(task_meta.get("seed", 0)), model=model)
+
+    def extra_meta(self) -> dict:
+        return {"task": self.name, "task_config": dataclasses.asdict(self.config), "seed": self.seed}
+
+    # -- training ----------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def _bucketed(self, idx: np.ndarray, rng) -> list[np.ndarray]:
+        """Shuffled batches of similar lengths: sort chunks of 50 batches by length, cut, shuffle."""
+        bs = self.config.batch_size
+        idx = rng.permutation(idx)
+        batches = []
+        for start in range(0, len(idx), 50 * bs):
+            chunk = idx[start:start + 50 * bs]
+            chunk = chunk[np.argsort([len(self.ids[i]) for i in chunk], kind="stable")]
+            batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
+        order = rng.permutation(len(batches))
+        return [batches[k] for k in order]
+
+    def batch(self, idx):
+        """(ids (B, T), mask (B, T), labels (B,)) of examples ``idx``."""
+        ids, mask = pad_batch([self.ids[i] for i in idx], self.vocab.pad_id)
+        return ids, mask, self.targets[idx]
+
+    def train_batches(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch])
+        for idx in self._bucketed(self.splits["train"], rng):
+            yield self.batch(idx)
+
+    def num_train_batches(self) -> int:
+        return -(-len(self.splits["train"]) // self.config.batch_size)
+
+    def train_loss(self, batch) -> tuple[float, int]:
+        ids, mask, labels = batch
+        return self.model.loss(ids, labels, mask), len(labels)
+
+    def backward(self) -> None:
+        self.model.backward()
+
+    # -- evaluation --------------------------------------------------------------------------
+    def predict_split(self, split: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, C), labels (N,)) of a split, in eval mode."""
+        idx = self.splits[split]
+        idx = idx[np.argsort([len(self.ids[i]) for i in idx], kind="stable")]
+        probs = np.empty((len(idx), len(self.labels)))
+        for start in range(0, len(idx), batch_size):
+            ids, mask, _ = self.batch(idx[start:start + batch_size])
+            probs[start:start + len(ids)] = self.model.predict_proba(ids, mask)
+        return probs, self.targets[idx]
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        split = {"val": "valid", "validation": "valid"}.get(split, split)
+        if split not in self.splits:
+            raise ValueError(f"split {split!r}; expected one of {sorted(self.splits)}")
+        if len(self.splits[split]) == 0:
+            return {}
+        probs, y = self.predict_split(split)
+        return classification_metrics(probs, y, self.positive)
+
+    def classify(self, texts: list[str]) -> list[str]:
+        """Label names predicted for raw texts."""
+        seqs = [self.vocab.encode(word_tokens(t)[: self.config.max_len]) for t in texts]
+        seqs = [s if len(s) else np.array([self.vocab.unk_id]) for s in seqs]
+        ids, mask = pad_batch(seqs, self.vocab.pad_id)
+        return [self.labels[k] for k in self.model.predict(ids, mask)]
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, positive: int | None = None) -> dict[str, float]:
+    """loss (mean -log p[y]), accuracy, and precision/recall/F1 of class ``positive`` (if given)."""
+    eps = np.finfo(np.float64).tiny
+    loss = float(-np.log(np.maximum(probs[np.arange(len(y)), y], eps)).mean())
+    pred = probs.argmax(axis=1)
+    out = {"loss": loss, "accuracy": float((pred == y).mean())}
+    if positive is not None:
+        tp = int(((pred == positive) & (y == positive)).sum())
+        precision = tp / max(int((pred == positive).sum()), 1)
+        recall = tp / max(int((y == positive).sum()), 1)
+        out.update(precision=precision, recall=recall,
+                   f1=0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return out
+
+
+def find_task_meta(meta: dict, name: str) -> dict:
+    """The task's ``extra_meta()`` inside a checkpoint's metadata (top level or one section down)."""
+    for candidate in [meta] + [v for v in meta.values() if isinstance(v, dict)]:
+        if candidate.get("task") == name and "task_config" in candidate:
+            return {"config": candidate["task_config"], "seed": candidate.get("seed", 0)}
+    raise ValueError(f"checkpoint holds no {name!r} task config; was it written by `rnnkit train --task {name}`?")
+
+
+__all__ = ["ClassifyConfig", "ClassifyTask", "classification_metrics", "word_tokens", "split_indices"]

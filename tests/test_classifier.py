@@ -1,0 +1,207 @@
+"""SequenceClassifier, SequencePooling and the classify task: gradients, masks, learning, files."""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnkit import gradcheck
+from rnnkit.layers import Layer, SequencePooling
+from rnnkit.models.base import Model
+from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
+from rnnkit.optim import Adam, clip_grad_norm
+from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask, classification_metrics, split_indices, word_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
+SMS = DATA / "sms-spam-collection" / "SMSSpamCollection"
+
+B, T, V = 3, 5, 11
+LENGTHS = np.array([5, 2, 3])
+MASK = np.arange(T)[None, :] < LENGTHS[:, None]
+
+
+def tiny_ids(seed=0):
+    ids = np.random.default_rng(seed).integers(2, V, size=(B, T))
+    ids[~MASK] = 0
+    return ids
+
+
+def tiny_model(cell="lstm", pooling="max", bidirectional=True, num_layers=2, dropout=0.3, seed=1):
+    cfg = ClassifierConfig(cell=cell, embedding_dim=4, hidden_size=3, num_layers=num_layers,
+                           bidirectional=bidirectional, pooling=pooling, dropout=dropout, rnn_dropout=0.2)
+    return SequenceClassifier(cfg, V, 3, seed=seed)
+
+
+# ---- gradients -------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell,pooling,bidirectional",
+                         list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "max"], [False, True])))
+def test_gradcheck_logits(cell, pooling, bidirectional):
+    """Every parameter, through padded (masked) sequences, with dropout active (its masks replayed)."""
+    report = gradcheck(tiny_model(cell, pooling, bidirectional), (tiny_ids(), MASK))
+    assert report.max_rel_error < 1e-6, str(report)
+    assert report.checked["embedding.weight"] == V * 4
+
+
+class LossOf(Layer):
+    """The classifier's training loss as a layer: forward -> float, backward(dloss) through the criterion."""
+
+    def __init__(self, model, labels):
+        super().__init__()
+        self.model, self.labels = model, labels
+
+    def forward(self, ids, mask):
+        return self.model.loss(ids, self.labels, mask)
+
+    def backward(self, dloss):
+        self.model.backward(self.model.criterion.backward(dloss))
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_gradcheck_loss(pooling):
+    report = gradcheck(LossOf(tiny_model("gru", pooling), np.array([0, 2, 1])), (tiny_ids(1), MASK))
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+@pytest.mark.parametrize("mode,dirs", [("last", 1), ("last", 2), ("mean", 1), ("max", 1), ("max", 2)])
+def test_gradcheck_pooling(mode, dirs):
+    y = np.random.default_rng(0).standard_normal((B, T, 4))
+    report = gradcheck(SequencePooling(mode, num_directions=dirs), (y, MASK))
+    assert report.max_rel_error < 1e-7, str(report)
+
+
+def test_pooling_values():
+    y = np.arange(B * T * 2, dtype=np.float64).reshape(B, T, 2)
+    y[1, 1, 0] = -100.0  # valid, and the only valid max candidate below the padded ones
+    last = SequencePooling("last", 2).forward(y, MASK)
+    np.testing.assert_array_equal(last[:, 0], y[np.arange(B), LENGTHS - 1, 0])  # forward half: last valid step
+    np.testing.assert_array_equal(last[:, 1], y[:, 0, 1])  # reverse half: t = 0
+    mean = SequencePooling("mean").forward(y, MASK)
+    np.testing.assert_allclose(mean[2], y[2, :3].mean(axis=0))
+    top = SequencePooling("max").forward(y, MASK)
+    np.testing.assert_array_equal(top[1], y[1, :2].max(axis=0))  # padded steps (larger values) ignored
+    with pytest.raises(ValueError, match="no valid step"):
+        SequencePooling("mean").forward(y, np.zeros((B, T), dtype=bool))
+    with pytest.raises(ValueError, match="pooling mode"):
+        SequencePooling("sum")
+
+
+# ---- masks ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell,pooling,bidirectional",
+                         [("lstm", "last", True), ("gru", "max", True), ("rnn", "mean", False), ("lstm", "max", False)])
+def test_padded_example_equals_alone(cell, pooling, bidirectional):
+    """A sequence padded inside a batch of longer ones gets exactly its own prediction."""
+    model = tiny_model(cell, pooling, bidirectional, dropout=0.0)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(2, V, size=(B, 9))
+    lengths = np.array([9, 4, 6])
+    mask = np.arange(9)[None, :] < lengths[:, None]
+    ids_garbage = np.where(mask, ids, rng.integers(1, V, size=ids.shape))  # non-pad junk in padded slots
+    batch = model.predict_proba(ids_garbage, mask)
+    for b in range(B):
+        alone = model.predict_proba(ids[b:b + 1, :lengths[b]])
+        np.testing.assert_allclose(batch[b], alone[0], rtol=1e-5, atol=1e-6)
+
+
+# ---- learning --------------------------------------------------------------------------------
+def test_learns_keyword_rule_quickly():
+    """Synthetic: class 1 iff token 2 occurs anywhere in a variable-length sequence."""
+    rng = np.random.default_rng(0)
+    n, T_max = 256, 12
+    lengths = rng.integers(3, T_max + 1, size=n)
+    mask = np.arange(T_max)[None, :] < lengths[:, None]
+    ids = np.where(mask, rng.integers(3, 20, size=(n, T_max)), 0)
+    labels = rng.integers(0, 2, size=n)
+    pos = rng.integers(0, lengths)
+    ids[labels == 1, pos[labels == 1]] = 2
+    model = SequenceClassifier(ClassifierConfig(cell="gru", embedding_dim=16, hidden_size=16, dropout=0.0), 20, 2, seed=0)
+    opt = Adam(model, lr=1e-2)
+    for _ in range(15):
+        for idx in np.array_split(rng.permutation(n), 8):
+            model.zero_grad()
+            model.loss(ids[idx], labels[idx], mask[idx])
+            model.backward()
+            clip_grad_norm(model, 5.0)
+            opt.step()
+    assert (model.predict(ids, mask) == labels).mean() > 0.97
+
+
+@pytest.mark.skipif(not SMS.is_file(), reason="SMS spam data not found (set RNNKIT_DATA)")
+def test_learns_sms_spam_subset():
+    """1,000 training messages, three epochs (a few seconds): test accuracy well above the majority (ham) rate."""
+    cfg = ClassifyConfig(dataset="sms-spam", data_dir=str(DATA), embedding_dim=32, hidden_size=32, dropout=0.2,
+                         cell="gru", pooling="max", max_train=1000, max_len=40, batch_size=32,
+                         val_fraction=0.05, test_fraction=0.1)
+    task = ClassifyTask.from_config(cfg, seed=0)
+    opt = Adam(task.model, lr=1e-2)
+    for epoch in range(3):
+        task.start_epoch(epoch)
+        for batch in task.train_batches(epoch):
+            task.model.zero_grad()
+            task.train_loss(batch)
+            task.backward()
+            clip_grad_norm(task.model, 5.0)
+            opt.step()
+    metrics = task.evaluate("test")
+    majority = 1 - task.targets[task.splits["test"]].mean()
+    assert task.labels == ["ham", "spam"] and task.positive == 1
+    assert metrics["accuracy"] > max(0.95, majority + 0.07), metrics
+    assert metrics["f1"] > 0.8, metrics
+
+
+# ---- task plumbing ---------------------------------------------------------------------------
+def write_labelled_csv(path: Path) -> Path:
+    rows = ["label,text"] + [f"pos,\"good great fine {i}\"" for i in range(20)] + \
+           [f"neg,\"bad awful poor {i}\"" for i in range(20)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_task_on_labelled_csv_and_checkpoint_roundtrip(tmp_path):
+    path = write_labelled_csv(tmp_path / "toy.csv")
+    cfg = ClassifyConfig(dataset=str(path), embedding_dim=8, hidden_size=8, batch_size=8, val_fraction=0.2,
+                         test_fraction=0.2)
+    task = ClassifyTask.from_config(cfg, seed=0)
+    assert task.labels == ["neg", "pos"]
+    assert sorted(np.concatenate(list(task.splits.values()))) == list(range(40))
+    batch = next(iter(task.train_batches(0)))
+    ids, mask, labels = batch
+    assert ids.shape == mask.shape and labels.shape == (ids.shape[0],)
+    loss, count = task.train_loss(batch)
+    task.backward()
+    assert count == len(labels) and loss > 0
+    before = task.evaluate("test")
+    ckpt = task.model.save(tmp_path / "m.safetensors", meta=task.extra_meta())
+    again = ClassifyTask.from_checkpoint(ckpt)
+    assert isinstance(Model.load(ckpt), SequenceClassifier)
+    assert again.evaluate("test") == pytest.approx(before)
+    assert again.classify(["good great", "bad awful"]) == task.classify(["good great", "bad awful"])
+
+
+def test_kfold_splits_partition_the_data():
+    cfg = ClassifyConfig(folds=10, fold=0)
+    tests = []
+    for fold in range(10):
+        cfg.fold = fold
+        train, val, test = split_indices(103, cfg, seed=5)
+        assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+        assert len(train) + len(val) + len(test) == 103
+        tests.append(test)
+    assert sorted(np.concatenate(tests)) == list(range(103))
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="pooling 'sum'"):
+        ClassifierConfig(pooling="sum")
+    with pytest.raises(ValueError, match="fold 3"):
+        ClassifyConfig(folds=3, fold=3)
+
+
+def test_tokens_and_metrics():
+    assert word_tokens("FREE entry!! Don't miss") == ["free", "entry", "!", "!", "don't", "miss"]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = classification_metrics(probs, np.array([0, 1, 1, 0]), positive=1)
+    assert m["accuracy"] == 0.5 and m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5

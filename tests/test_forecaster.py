@@ -1,0 +1,168 @@
+"""Forecaster and the forecast task: gradients, windows and their inversion, baselines, learning."""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnkit import gradcheck
+from rnnkit.layers import Layer
+from rnnkit.models.base import Model
+from rnnkit.models.forecaster import Forecaster, ForecasterConfig
+from rnnkit.optim import Adam, clip_grad_norm
+from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
+AIR = DATA / "air-passengers" / "AirPassengers.csv"
+
+
+# ---- gradients -------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell,output", list(itertools.product(["rnn", "lstm", "gru"], ["last", "sequence"])))
+def test_gradcheck_forward(cell, output):
+    cfg = ForecasterConfig(cell=cell, hidden_size=4, num_layers=2, horizon=3, output=output, dropout=0.2)
+    model = Forecaster(cfg, input_size=3, num_targets=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((3, 6, 3))
+    report = gradcheck(model, (x,))
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+class LossOf(Layer):
+    def __init__(self, model, target):
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, x):
+        return self.model.loss(x, self.target)
+
+    def backward(self, dloss):
+        self.model.backward(self.model.criterion.backward(dloss))
+
+
+@pytest.mark.parametrize("loss,output", [("mse", "last"), ("mae", "last"), ("mse", "sequence"), ("mae", "sequence")])
+def test_gradcheck_loss(loss, output):
+    cfg = ForecasterConfig(cell="gru", hidden_size=4, horizon=2, output=output, loss=loss)
+    model = Forecaster(cfg, input_size=2, seed=2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 2))
+    target = rng.standard_normal((3, 2, 2) if output == "last" else (3, 5, 2, 2))
+    report = gradcheck(LossOf(model, target), (x,))
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+def test_output_shapes_and_predict():
+    x = np.zeros((4, 7, 3), dtype=np.float32)
+    last = Forecaster(ForecasterConfig(horizon=5), input_size=3, num_targets=1)
+    seq = Forecaster(ForecasterConfig(horizon=5, output="sequence"), input_size=3, num_targets=1)
+    assert last.forward(x).shape == (4, 5, 1) and last.predict(x).shape == (4, 5, 1)
+    assert seq.forward(x).shape == (4, 7, 5, 1) and seq.predict(x).shape == (4, 5, 1)
+    np.testing.assert_array_equal(seq.predict(x), seq.forward(x)[:, -1])
+
+
+# ---- the task's data pipeline ------------------------------------------------------------------
+def make_task(series, names=None, **kw):
+    series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+    names = names or [f"c{i}" for i in range(series.shape[1])]
+    defaults = dict(dataset="synthetic.csv", hidden_size=8, input_len=6, val_size=12, test_size=12, season=4,
+                    transform="none", difference=0)
+    return ForecastTask(ForecastConfig(**{**defaults, **kw}), series, names, seed=0)
+
+
+@pytest.mark.parametrize("transform,difference,horizon", [("none", 0, 1), ("log", 4, 3), ("log", 1, 3),
+                                                         ("none", 2, 5), ("log", 4, 9)])
+def test_invert_of_true_targets_gives_the_truth(transform, difference, horizon):
+    """Scaled, differenced (and logged) targets map back exactly, also when h > lag chains forecasts."""
+    t = np.arange(80)
+    y = 50 + t + 10 * np.sin(2 * np.pi * t / 4) + np.random.default_rng(0).random(80)
+    task = make_task(y, transform=transform, difference=difference, horizon=horizon)
+    for split in ("train", "valid", "test"):
+        origins = task.origins[split]
+        _, z_true = task.windows(origins)
+        np.testing.assert_allclose(task.invert(origins, z_true.astype(np.float64)), task.truth(origins), rtol=1e-5)
+
+
+def test_split_windows_are_contiguous_and_disjoint_in_targets():
+    task = make_task(np.arange(1, 61), horizon=2, difference=4)
+    h = 2
+    for split, (lo, hi) in {"train": (0, task.train_end), "valid": (task.train_end, task.val_end),
+                            "test": (task.val_end, 60)}.items():
+        origins = task.origins[split]
+        assert ((origins + 1 >= lo) & (origins + h < hi)).all()
+        assert len(origins) == hi - max(lo, 4 + 6) - h + 1 if split == "train" else hi - lo - h + 1
+    x, y = task.windows(task.origins["train"], sequence_targets=True)
+    assert x.shape == (len(task.origins["train"]), 6, 1) and y.shape == (len(task.origins["train"]), 6, 2, 1)
+    np.testing.assert_array_equal(y[:, :-1, 0], x[:, 1:])  # step s targets x_{s+1}
+    # the scaler saw the training part only
+    assert task.scaler.mean == pytest.approx(4.0)
+
+
+def test_seasonal_naive_and_metrics():
+    y = np.tile([1.0, 2.0, 3.0, 4.0], 15)
+    task = make_task(y, horizon=6)
+    origins = task.origins["test"]
+    np.testing.assert_array_equal(task.seasonal_naive(origins), task.truth(origins))  # exact for a pure season
+    m = forecast_metrics(np.array([[[2.0]], [[2.0]]]), np.array([[[1.0]], [[4.0]]]))
+    assert m == pytest.approx({"mae": 1.5, "rmse": np.sqrt(2.5), "mape": 75.0})
+
+
+def test_multivariate_with_covariates_and_calendar(tmp_path):
+    t = np.arange(100)
+    path = tmp_path / "two.csv"
+    lines = ["step,load,temp"] + [f"{i},{20 + np.sin(i / 3):.5f},{np.cos(i / 3):.5f}" for i in t]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = ForecastConfig(dataset=str(path), targets="load", calendar=True, season=12, horizon=2, hidden_size=4,
+                         input_len=8, val_size=12, test_size=12, batch_size=8)
+    task = ForecastTask.from_config(cfg)
+    assert task.columns == ["load", "temp"] and task.num_targets == 1
+    assert task.model.input_size == 4 and task.model.num_targets == 1  # 2 columns + sin + cos
+    x, y = next(iter(task.train_batches(0)))
+    assert x.shape == (8, 8, 4) and y.shape == (8, 2, 1)
+    loss, count = task.train_loss((x, y))
+    task.backward()
+    assert count == 8 and loss > 0
+    assert set(task.evaluate("test")) >= {"loss", "mae", "rmse", "mape", "naive_mae", "naive_mape"}
+
+
+# ---- learning --------------------------------------------------------------------------------
+def train(task, epochs, lr):
+    opt = Adam(task.model, lr=lr)
+    best, best_state = np.inf, None
+    for epoch in range(epochs):
+        task.start_epoch(epoch)
+        for batch in task.train_batches(epoch):
+            task.model.zero_grad()
+            task.train_loss(batch)
+            task.backward()
+            clip_grad_norm(task.model, 1.0)
+            opt.step()
+        val = task.evaluate("valid")["loss"]
+        if val < best:
+            best, best_state = val, {k: v.copy() for k, v in task.model.state_dict().items()}
+    task.model.load_state_dict(best_state)
+
+
+def test_learns_noisy_sine_better_than_naive():
+    t = np.arange(400)
+    y = np.sin(2 * np.pi * t / 20) + 0.5 * np.sin(2 * np.pi * t / 7) + 0.05 * np.random.default_rng(0).standard_normal(400)
+    task = make_task(y, input_len=20, val_size=40, test_size=40, season=1, horizon=3, hidden_size=16, batch_size=32)
+    train(task, epochs=20, lr=1e-2)
+    m = task.evaluate("test")
+    assert m["mae"] < 0.4 * m["naive_mae"], m
+
+
+@pytest.mark.skipif(not AIR.is_file(), reason="air passengers data not found (set RNNKIT_DATA)")
+def test_air_passengers_beats_seasonal_naive(tmp_path):
+    cfg = ForecastConfig(dataset="air-passengers", data_dir=str(DATA), hidden_size=16, batch_size=16)
+    task = ForecastTask.from_config(cfg, seed=0)
+    assert (task.config.transform, task.config.difference, task.config.season) == ("log", 12, 12)
+    assert {k: len(v) for k, v in task.origins.items()} == {"train": 60, "valid": 24, "test": 24}
+    train(task, epochs=40, lr=3e-3)
+    m = task.evaluate("test")
+    assert m["mape"] < 0.6 * m["naive_mape"], m
+    ckpt = task.model.save(tmp_path / "f.safetensors", meta=task.extra_meta())
+    again = ForecastTask.from_checkpoint(ckpt)
+    assert isinstance(Model.load(ckpt), Forecaster)
+    assert again.evaluate("test") == pytest.approx(m)
