@@ -124,9 +124,10 @@ def plot_clipping(runs, path):
         losses = np.array(r.losses, dtype=float)
         axes[2].plot(np.where(np.isfinite(losses), losses, np.nan), color=colour, label=label, lw=0.8)
         bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            axes[2].scatter(bad, np.full(bad.size, 2.5), color=colour, marker="|", s=12, label=f"{label}: NaN/inf loss")
+        if bad.size:  # the weights have overflowed: every later loss is NaN/inf
+            axes[2].axvspan(bad[0], len(losses), color=colour, alpha=0.12, label=f"{label}: loss NaN/inf from step {bad[0]}")
     axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
     axes[0].set_title("tanh RNN, lr 0.1: gradient norm before clipping")
     axes[1].set_title("tanh RNN, lr 0.1: held-out recall accuracy")
     axes[2].set_title("relu RNN, lr 0.5: training loss")

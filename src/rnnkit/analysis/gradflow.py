@@ -613,3 +613,14 @@ def _run_checkpoint(args, out: Path) -> int:
     png = plot(rows, out / f"gradflow_{name}.png", f"Gradient flow through time: {name}")
     print(f"wrote {csv_path} and {png}")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m rnnkit.analysis.gradflow``: the same as ``rnnkit gradflow``."""
+    parser = argparse.ArgumentParser(prog="rnnkit gradflow")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -249,3 +249,14 @@ def run(args) -> int:
     path = write_page(model, text, args.out, title=f"rnnkit inspect: {Path(args.checkpoint).name}", top_k=args.top_k)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB); open it in a browser")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m rnnkit.analysis.inspect``: the same as ``rnnkit inspect``."""
+    parser = argparse.ArgumentParser(prog="rnnkit inspect")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
