@@ -119,9 +119,10 @@ def plot(path: Path, task: ForecastTask, origins, preds: dict, title: str) -> No
         color, ls = styles[name]
         if h == 1:
             ax.plot(origins + 1, pred[:, 0, 0], color=color, ls=ls, lw=1.4, label=f"{name} (one step ahead)")
-        else:  # the forecast from the first test origin, all h steps
-            ax.plot(origins[0] + 1 + np.arange(h), pred[0, :, 0], color=color, ls=ls, lw=1.4,
-                    label=f"{name} ({h} steps from one origin)")
+        else:  # whole h-step forecasts from every h-th origin, so they tile the test part
+            for j, i in enumerate(range(0, len(origins), h)):
+                ax.plot(origins[i] + 1 + np.arange(h), pred[i, :, 0], color=color, ls=ls, lw=1.4,
+                        label=f"{name} ({h} steps from origins {h} apart)" if j == 0 else None)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(task.columns[0])
