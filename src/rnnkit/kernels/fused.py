@@ -84,11 +84,16 @@ def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work=None)
     """Gradients of one LSTM step (contract of ``pointwise.lstm_backward``).
 
     gates (B, 4H) activated [i, f, g, o]; dh, dc reaching h_t and c_t (dc may be None).
-    Writes dA (B, 4H) and dc_prev = dc_total * f. ``work``: optional (B, 4H) scratch.
+    Writes dA (B, 4H) and dc_prev = dc_total * f. ``work``: optional (2, B, 4H) scratch.
+    ``dA_out`` may be ``gates`` itself (the time loop reuses the forward's gate buffer
+    for dA): every gate is read before the last call writes dA.
     """
     xp = backend.get_array_module(gates)
     H = gates.shape[-1] // 4
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    if work is None:
+        work = xp.empty((2,) + gates.shape, dtype=gates.dtype)
+    upstream, local = work[0], work[1]
     dct = dc_prev_out  # dc_total = dc + dh * o * (1 - tanh(c)^2)
     xp.multiply(tanh_c, tanh_c, out=dct)
     xp.subtract(1.0, dct, out=dct)
@@ -97,14 +102,13 @@ def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work=None)
     if dc is not None:
         dct += dc
     # gradient w.r.t. each activated gate, then times the activations' derivatives at once
-    xp.multiply(dct, g, out=dA_out[:, :H])
-    xp.multiply(dct, c_prev, out=dA_out[:, H : 2 * H])
-    xp.multiply(dct, i, out=dA_out[:, 2 * H : 3 * H])
-    xp.multiply(dh, tanh_c, out=dA_out[:, 3 * H :])
-    if work is None:
-        work = xp.empty_like(gates)
-    dA_out *= activation_grad(gates, "ifgo", work)
+    xp.multiply(dct, g, out=upstream[:, :H])
+    xp.multiply(dct, c_prev, out=upstream[:, H : 2 * H])
+    xp.multiply(dct, i, out=upstream[:, 2 * H : 3 * H])
+    xp.multiply(dh, tanh_c, out=upstream[:, 3 * H :])
+    activation_grad(gates, "ifgo", local)
     dct *= f  # dc_prev
+    xp.multiply(upstream, local, out=dA_out)
     return dA_out, dc_prev_out
 
 

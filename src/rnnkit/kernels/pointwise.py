@@ -67,8 +67,11 @@ def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work=None)
 
     gates (B, 4H) activated [i, f, g, o]; dh, dc: gradients reaching h_t and c_t
     (dc may be None). Writes dA (B, 4H), the gradient of the pre-activations, and
-    dc_prev = dc_total * f. ``work`` (a scratch buffer for faster kernels) is unused here.
+    dc_prev = dc_total * f. ``dA_out`` may be ``gates`` (consumed). ``work`` (a scratch
+    buffer for faster kernels) is unused here.
     """
+    if np.shares_memory(gates, dA_out):  # dA written over the gates: read them from a copy
+        gates = gates.copy()
     H = gates.shape[-1] // 4
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dA_i, dA_f, dA_g, dA_o = dA_out[:, :H], dA_out[:, H : 2 * H], dA_out[:, 2 * H : 3 * H], dA_out[:, 3 * H :]

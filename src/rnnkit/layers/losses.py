@@ -44,8 +44,8 @@ class SoftmaxCrossEntropy(Layer):
         bad = valid & ((t < 0) | (t >= V))
         if bool(bad.any()):
             raise ValueError(f"target id {int(t[bad][0])}; expected ids in [0, {V - 1}]")
-        # fused log-softmax: one (N, V) buffer holds exp(z - max) and later the gradient;
-        # the logits themselves are never modified
+        # fused log-softmax: one (N, V) buffer holds exp(z - max), and in backward the
+        # gradient; the logits themselves are never modified
         zmax = z.max(axis=1, keepdims=True)
         e = xp.subtract(z, zmax)
         xp.exp(e, out=e)
@@ -63,18 +63,25 @@ class SoftmaxCrossEntropy(Layer):
         return float(-logp_t.sum() / count)
 
     def backward(self, dloss: float = 1.0):
-        """``dlogits = (softmax(logits) - onehot(targets)) * dloss / count`` at counted rows, 0 elsewhere."""
+        """``dlogits = (softmax(logits) - onehot(targets)) * dloss / count`` at counted rows, 0 elsewhere.
+
+        The gradient is written over the forward's exp buffer (no second (N, V) array), so
+        each forward allows one backward.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward called before forward (or twice for one forward)")
         e, sumexp, t_safe, valid, count, shape = self._cache
+        self._cache = None
         xp = backend.get_array_module(e)
         scale = dloss / max(count, 1)
         # softmax * scale in one pass over (N, V): each row of exp(z - max) times scale / sum
         row_scale = scale / sumexp
         if valid is not None:
             row_scale = row_scale * valid
-        probs = xp.multiply(e, row_scale.astype(e.dtype)[:, None])
+        e *= row_scale.astype(e.dtype)[:, None]
         rows = xp.arange(len(t_safe))
-        probs[rows, t_safe] -= scale if valid is None else (valid * scale).astype(e.dtype)
-        return probs.reshape(shape)
+        e[rows, t_safe] -= scale if valid is None else (valid * scale).astype(e.dtype)
+        return e.reshape(shape)
 
 
 class MSELoss(Layer):

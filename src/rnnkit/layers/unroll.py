@@ -147,8 +147,12 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         if dc_T is not None:
             dc += dc_T
         dc_prev = xp.empty((B, H), dtype=c.X.dtype)
-        work = xp.empty((B, G), dtype=c.X.dtype)  # kernel scratch, reused every step
-    dXW = xp.empty((T, B, G), dtype=c.X.dtype)  # gradient of x W_ih^T + b_ih
+        work = xp.empty((2, B, G), dtype=c.X.dtype)  # kernel scratch, reused every step
+    # gradient of x W_ih^T + b_ih: written over the cached buffers the backward consumes
+    # (LSTM: the gates, read at step t before dA_t replaces them; RNN: the unused
+    # pre-activations), so BPTT allocates no second (T, B, G) array
+    dXW = c.gates if c.mode in ("lstm", "rnn") else xp.empty((T, B, G), dtype=c.X.dtype)
+    gates, c.gates = c.gates, None  # consumed: one backward per forward
     dHW = dXW if c.mode != "gru" else xp.empty((T, B, G), dtype=c.X.dtype)  # of h W_hh^T + b_hh
     g = xp.empty((B, H), dtype=c.X.dtype)  # gradient reaching the cell's new h
     rec = xp.empty((B, H), dtype=c.X.dtype) if m is not None else None
@@ -167,12 +171,12 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
                 dc_pass = dc * ~valid
                 dc *= valid
         if c.mode == "lstm":
-            K.lstm_backward(c.gates[t], c.Cs[t], c.tanh_c[t], g, dc, dXW[t], dc_prev, work)
+            K.lstm_backward(dXW[t], c.Cs[t], c.tanh_c[t], g, dc, dXW[t], dc_prev, work)
             dc, dc_prev = dc_prev, dc
             if m is not None:
                 dc += dc_pass
         elif c.mode == "gru":
-            K.gru_backward(c.gates[t], c.hw_n[t], c.Hs[t], g, dXW[t], dHW[t])
+            K.gru_backward(gates[t], c.hw_n[t], c.Hs[t], g, dXW[t], dHW[t])
         else:
             K.rnn_backward(c.Hs[t + 1], g, c.nonlinearity, out=dXW[t])
         # gradient reaching h_{t-1}: through W_hh (written straight into dh when nothing
@@ -183,7 +187,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             xp.matmul(dHW[t], c.W_hh, out=rec)
             dh += rec
         if c.mode == "gru":
-            dh += g * c.gates[t][:, H : 2 * H]
+            dh += g * gates[t][:, H : 2 * H]
 
     # weight gradients: one GEMM each over all steps
     w_ih, w_hh, b_ih, b_hh = names
