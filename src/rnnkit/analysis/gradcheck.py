@@ -71,7 +71,7 @@ def _rel_error(analytic, numeric) -> float:
 
 
 def gradcheck(layer: Layer, inputs, forward_kwargs=None, eps: float = 1e-6, seed: int = 0,
-              max_elements: int | None = None, check_inputs: bool = True) -> GradcheckReport:
+              max_elements: int | None = None, check_inputs: bool = True, method: str = "forward") -> GradcheckReport:
     """Check ``layer.backward`` against central differences, in float64.
 
     layer: any Layer; it is deep-copied and cast to float64 (yours is not touched).
@@ -81,6 +81,8 @@ def gradcheck(layer: Layer, inputs, forward_kwargs=None, eps: float = 1e-6, seed
     ``backward(dstate)`` for a cell, ``backward(dloss)`` for a loss or model); the input
     gradients are read from its return value (and ``dstate0`` where the layer sets it).
     max_elements: check at most this many random elements per array (None: all).
+    method: the forward method to call (``"loss"`` for a model whose ``loss(...)`` returns
+    the scalar and whose ``backward(dloss)`` back-propagates it).
     Returns a GradcheckReport with the max relative error of every parameter and input.
     """
     forward_kwargs = forward_kwargs or {}
@@ -103,7 +105,7 @@ def gradcheck(layer: Layer, inputs, forward_kwargs=None, eps: float = 1e-6, seed
 
     def run_forward():
         restore()
-        return layer.forward(*inputs, **forward_kwargs)
+        return getattr(layer, method)(*inputs, **forward_kwargs)
 
     out = run_forward()
     out_leaves = _leaves(out)

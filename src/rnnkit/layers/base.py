@@ -40,12 +40,21 @@ class Layer:
                 for i, v in enumerate(value):
                     yield f"{name}.{i}", v
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Yield ``(dotted_name, param, grad)`` for this layer and all children."""
+    def named_parameters(self, prefix: str = "", _seen: set | None = None
+                         ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(dotted_name, param, grad)`` for this layer and all children.
+
+        A parameter shared by two layers (tied weights) is yielded once, under its first
+        name, so optimizers update it once and its gradients from both uses add up.
+        """
+        seen = set() if _seen is None else _seen
         for name, value in self.params.items():
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
             yield prefix + name, value, self.grads[name]
         for child_name, child in self.children():
-            yield from child.named_parameters(prefix + child_name + ".")
+            yield from child.named_parameters(prefix + child_name + ".", seen)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Dotted name -> parameter array (the arrays themselves, not copies)."""

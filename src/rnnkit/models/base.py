@@ -17,6 +17,7 @@ from .. import backend
 from ..layers.base import Layer
 
 MODEL_REGISTRY: dict[str, type["Model"]] = {}
+TRAINER_PREFIX = "optim."  # tensors of the trainer's state inside a training checkpoint
 
 
 class Model(Layer):
@@ -69,6 +70,8 @@ class Model(Layer):
         from ..config import from_dict
 
         tensors, meta = load_checkpoint(path)
+        # a training checkpoint also holds optimizer state ("optim.*"): not the model's
+        tensors = {n: v for n, v in tensors.items() if not n.startswith(TRAINER_PREFIX)}
         name = meta.get("model")
         target = MODEL_REGISTRY.get(name) if cls is Model else cls
         if target is None or name != target.__name__:

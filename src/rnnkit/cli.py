@@ -1,0 +1,289 @@
+"""The ``rnnkit`` command line.
+
+    rnnkit demo                                   train a character LSTM on tiny Shakespeare, then generate
+    rnnkit train --task lm --preset ptb-small     train any task; every config field is a flag
+    rnnkit generate --checkpoint C --prime TEXT   stream text from a language model
+    rnnkit evaluate --checkpoint C [--file F]     metrics of a checkpoint (perplexity for a language model)
+    rnnkit gradflow | inspect | bench             the analysis and benchmark tools
+
+Config precedence for ``train``: field defaults < ``--preset`` < ``--config FILE`` < flags.
+A config file is TOML (or JSON) with a ``[train]`` section (the trainer) and a ``[task]``
+section (data and model; ``name = "lm"`` picks the task). Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import time
+import typing
+from importlib import resources
+from pathlib import Path
+
+from .config import ConfigError, from_dict, merge_overrides
+
+PRESETS = "presets"
+TOOLS = {"gradflow": "rnnkit.analysis.gradflow", "inspect": "rnnkit.analysis.inspect", "bench": "rnnkit.bench"}
+
+
+# --------------------------------------------------------------------------- flags from dataclasses
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_dataclass_flags(parser, cls, dest_prefix: str) -> None:
+    """One flag per field; the value is kept as given (None when absent) and typed by from_dict."""
+    group = parser.add_argument_group(f"{cls.__name__} ({dest_prefix})")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
+        dest = f"{dest_prefix}__{f.name}"
+        tp = hints.get(f.name)
+        if tp is bool:
+            group.add_argument(_flag(f.name), dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        else:
+            kind = tp if tp in (int, float, str) else str
+            group.add_argument(_flag(f.name), dest=dest, type=kind, default=None, help=help_text,
+                               metavar=getattr(kind, "__name__", "VALUE").upper())
+
+
+def _collect(args, prefix: str) -> dict:
+    head = prefix + "__"
+    return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head) and v is not None}
+
+
+def _read_config_file(path: str) -> dict:
+    import json
+    import tomllib
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = set(data) - {"train", "task"}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; expected [train] and [task]")
+    return data
+
+
+def _preset(name: str) -> dict:
+    try:
+        text = resources.files("rnnkit").joinpath(PRESETS, f"{name}.toml").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"preset {name!r}; expected one of {', '.join(list_presets())}") from None
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rnnkit").joinpath(PRESETS).iterdir() if p.name.endswith(".toml"))
+
+
+def _task_name(argv: list[str]) -> str:
+    """The task, known before the parser is built (its flags depend on it)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task")
+    pre.add_argument("--preset")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.task:
+        return known.task
+    for source in ([_preset(known.preset)] if known.preset else []) + ([_read_config_file(known.config)] if known.config else []):
+        name = source.get("task", {}).get("name")
+        if name:
+            return name
+    return "lm"
+
+
+# --------------------------------------------------------------------------- commands
+def build_train_parser(task_cls, prog="rnnkit train") -> argparse.ArgumentParser:
+    from .train.trainer import TrainConfig
+
+    parser = argparse.ArgumentParser(prog=prog, description="Train a model. Every config field is a flag; "
+                                     "precedence: defaults < --preset < --config < flags.")
+    parser.add_argument("--task", default=task_cls.name, help="lm | seq2seq | classify | caption | forecast")
+    parser.add_argument("--preset", help=f"a bundled config: {', '.join(list_presets())}")
+    parser.add_argument("--config", help="a TOML/JSON file with [train] and [task] sections")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    _add_dataclass_flags(parser, TrainConfig, "train")
+    _add_dataclass_flags(parser, task_cls.config_class, "task")
+    return parser
+
+
+def resolve_train_config(task_cls, args):
+    from .train.trainer import TrainConfig
+
+    train, task = {}, {}
+    for source in ([_preset(args.preset)] if args.preset else []) + ([_read_config_file(args.config)] if args.config else []):
+        train = merge_overrides(train, source.get("train", {}))
+        section = {k: v for k, v in source.get("task", {}).items() if k != "name"}
+        task = merge_overrides(task, section)
+    train = merge_overrides(train, _collect(args, "train"))
+    task = merge_overrides(task, _collect(args, "task"))
+    return from_dict(TrainConfig, train, where="train"), from_dict(task_cls.config_class, task, where="task")
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .tasks import get_task
+    from .train.trainer import Trainer
+
+    task_cls = get_task(_task_name(argv))
+    args = build_train_parser(task_cls).parse_args(argv)
+    train_config, task_config = resolve_train_config(task_cls, args)
+    print(f"task {task_cls.name}: building data and model ...", flush=True)
+    task = task_cls.from_config(task_config, seed=train_config.seed)
+    print(f"model: {type(task.model).__name__}, {task.model.num_parameters():,} parameters; run dir {train_config.run_dir}")
+    Trainer(task, train_config, task_config).fit(resume=args.resume)
+    print(f"checkpoints in {Path(train_config.run_dir) / 'checkpoints'}")
+    return 0
+
+
+def _load_lm(path):
+    from .models.language_model import LanguageModel
+
+    return LanguageModel.load(path)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from .generate import generate
+
+    parser = argparse.ArgumentParser(prog="rnnkit generate", description="Stream text from a language model checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors file written by rnnkit train")
+    parser.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+    parser.add_argument("--tokens", type=int, default=500, help="how many tokens to generate")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (<1 sharper, >1 flatter)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set reaching this probability")
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
+    args = parser.parse_args(argv)
+    model = _load_lm(args.checkpoint)
+    sys.stdout.write(args.prime)
+    for piece in generate(model, args.prime, args.tokens, args.temperature, args.top_k, args.top_p,
+                          args.greedy, args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    import json
+
+    parser = argparse.ArgumentParser(prog="rnnkit evaluate", description="Metrics of a checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors file written by rnnkit train")
+    parser.add_argument("--file", help="language model: a text file to measure perplexity on")
+    parser.add_argument("--split", default="test", help="without --file: valid | test of the run's own data")
+    parser.add_argument("--bptt", type=int, default=64, help="language model: chunk length for --file")
+    args = parser.parse_args(argv)
+    from .checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(args.checkpoint)
+    if args.file:
+        from .data.text import read_text, tokenize
+        from .data.vocab import Vocab
+        from .tasks.lm import evaluate_ids
+
+        model = _load_lm(args.checkpoint)
+        vocab = Vocab.from_dict(model.vocab)
+        tokens = tokenize(read_text(args.file), model.config.level)
+        unknown = sorted({t for t in tokens if t not in vocab})
+        if unknown and vocab.unk_id is None:
+            raise ValueError(f"{args.file} has tokens not in the model's vocabulary: {unknown[:10]!r}")
+        if unknown:
+            print(f"note: {len(unknown)} token type(s) not in the vocabulary are scored as <unk>", file=sys.stderr)
+        metrics = evaluate_ids(model, vocab.encode(tokens), 1, args.bptt)
+    else:
+        from .tasks import get_task
+
+        task = get_task(meta.get("task", "lm")).from_checkpoint(args.checkpoint)
+        metrics = task.evaluate(args.split)
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """The main job: a character LSTM on the bundled tiny Shakespeare, then generated text."""
+    from .generate import generate
+    from .tasks.lm import LanguageModelTask
+    from .train.trainer import Trainer
+
+    parser = argparse.ArgumentParser(prog="rnnkit demo", description=cmd_demo.__doc__)
+    parser.add_argument("--run-dir", default="runs/demo", help="where checkpoints, metrics and loss.png go")
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default: the preset's)")
+    parser.add_argument("--tokens", type=int, default=600, help="characters to generate at the end")
+    args = parser.parse_args(argv)
+    preset = _preset("demo")
+    train = merge_overrides(preset["train"], {"run_dir": args.run_dir, "overwrite": True})
+    if args.minutes is not None:
+        train["time_budget"] = args.minutes * 60
+    from .tasks.lm import LMTaskConfig
+    from .train.trainer import TrainConfig
+
+    train_config = from_dict(TrainConfig, train, where="train")
+    task_config = from_dict(LMTaskConfig, preset["task"], where="task")
+    print("rnnkit demo: a character-level LSTM learns tiny Shakespeare (bundled, 1.1 MB) on this CPU.")
+    print(f"budget {train_config.time_budget / 60:.1f} min; outputs in {args.run_dir}/ (checkpoints, metrics.csv, loss.png)")
+    started = time.perf_counter()
+    task = LanguageModelTask.from_config(task_config, seed=train_config.seed)
+    print(f"model: {task.model.num_parameters():,} parameters; vocabulary {len(task.corpus.vocab)} characters; "
+          f"{len(task.corpus.train):,} training characters")
+    result = Trainer(task, train_config, task_config).fit()
+    print(f"trained {time.perf_counter() - started:.0f} s: best validation loss {result['best_val_loss']:.3f} nats/char")
+    best = Path(args.run_dir) / "checkpoints" / "best.safetensors"
+    model = _load_lm(best)
+    print(f"\n--- sampled from {best} (temperature 0.8, seed 0) ---")
+    prime = "ROMEO:\n"
+    sys.stdout.write(prime)
+    for piece in generate(model, prime, args.tokens, temperature=0.8, seed=0):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print("\n---\nmore: rnnkit generate --checkpoint " + str(best) + " --prime 'JULIET:' --tokens 500")
+    return 0
+
+
+def cmd_tool(name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(TOOLS[name])
+    except ImportError as exc:
+        print(f"rnnkit {name} is not available: {exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"rnnkit {name}", description=(module.__doc__ or "").split("\n")[0])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in COMMANDS:
+            return COMMANDS[command](rest)
+        if command in TOOLS:
+            return cmd_tool(command, rest)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:  # ConfigError, CheckpointError are ValueErrors
+        print(f"rnnkit {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrnnkit {command}: interrupted; the last checkpoint (if any) is intact", file=sys.stderr)
+        return 130
+    print(f"rnnkit: unknown command {command!r}; expected one of {', '.join([*COMMANDS, *TOOLS])}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Recurrent language model: embedding -> RNN/LSTM/GRU -> affine -> softmax cross-entropy.
+
+    e_t = E[w_t]                      (B, T, E)  embedding (``encoder``), dropout
+    h_t = RNN(e_t, h_{t-1})           (B, T, H)  stateful: carried across TBPTT chunks
+    z_t = h_t W_dec^T + b_dec         (B, T, V)  ``decoder`` (tied: W_dec = E)
+    L   = mean_t -log softmax(z_t)[w_{t+1}]
+
+Attribute names follow PyTorch's word_language_model example (``encoder``, ``rnn``,
+``decoder``), so its state_dicts map 1:1 (see ``rnnkit.interop``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import backend
+from ..layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .base import Model
+
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+@dataclass
+class LanguageModelConfig:
+    vocab_size: int = 0
+    level: str = field(default="char", metadata={"help": "char | word"})
+    cell: str = field(default="lstm", metadata={"help": "rnn | lstm | gru"})
+    nonlinearity: str = field(default="tanh", metadata={"help": "tanh | relu (vanilla rnn only)"})
+    embedding_size: int = field(default=128, metadata={"help": "embedding width E"})
+    hidden_size: int = field(default=256, metadata={"help": "recurrent state width H"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout between recurrent layers"})
+    embedding_dropout: float = field(default=0.0, metadata={"help": "dropout on the embeddings"})
+    output_dropout: float = field(default=0.0, metadata={"help": "dropout on the last recurrent layer's output"})
+    tie_weights: bool = field(default=False, metadata={"help": "share the embedding and output matrices (E == H)"})
+    init_range: float = field(default=0.1, metadata={"help": "U(-r, r) init of embedding and output weights (0: layer defaults)"})
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell {self.cell!r}; expected one of {sorted(CELLS)}")
+        if self.level not in ("char", "word"):
+            raise ValueError(f"level {self.level!r}; expected 'char' or 'word'")
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError(f"tie_weights needs embedding_size == hidden_size; got {self.embedding_size} "
+                             f"and {self.hidden_size}")
+        for name in ("dropout", "embedding_dropout", "output_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} {getattr(self, name)}; expected 0 <= p < 1")
+
+
+class LanguageModel(Model):
+    """Character- or word-level recurrent language model (see the module docstring).
+
+    ``forward(ids (B, T)) -> logits (B, T, V)`` carries the recurrent state between calls
+    (truncated BPTT: gradients stop at the chunk edge); ``reset_state()`` forgets it.
+    """
+
+    config_class = LanguageModelConfig
+
+    def __init__(self, config: LanguageModelConfig, vocab: dict | None = None, seed: int = 0, dtype=None):
+        super().__init__(config)
+        if config.vocab_size < 1:
+            raise ValueError(f"vocab_size {config.vocab_size}; expected >= 1")
+        if vocab is not None and len(vocab.get("itos", [])) != config.vocab_size:
+            raise ValueError(f"vocabulary has {len(vocab.get('itos', []))} tokens; config says vocab_size "
+                             f"{config.vocab_size}")
+        self.vocab = vocab
+        rng = backend.default_rng(seed)
+        c, V = config, config.vocab_size
+        self.encoder = Embedding(V, c.embedding_size, dtype=dtype, rng=rng)
+        self.embedding_drop = Dropout(c.embedding_dropout, rng=rng)
+        extra = {"nonlinearity": c.nonlinearity} if c.cell == "rnn" else {}
+        self.rnn = CELLS[c.cell](c.embedding_size, c.hidden_size, num_layers=c.num_layers, dropout=c.dropout,
+                                 stateful=True, dtype=dtype, rng=rng, **extra)
+        self.output_drop = Dropout(c.output_dropout, rng=rng)
+        self.decoder = Linear(c.hidden_size, V, dtype=dtype, rng=rng)
+        if c.init_range:
+            xp, r = self.xp, c.init_range
+            self.encoder.params["weight"][...] = xp.asarray(rng.uniform(-r, r, (V, c.embedding_size)))
+            self.decoder.params["weight"][...] = xp.asarray(rng.uniform(-r, r, (V, c.hidden_size)))
+            self.decoder.params["bias"][...] = 0
+        self._tie()
+        self.criterion = SoftmaxCrossEntropy()
+        self.last_logits = None
+
+    def _tie(self) -> None:
+        """Point the decoder's weight (and its gradient) at the embedding's: one array, two uses."""
+        if self.config.tie_weights:
+            self.decoder.params["weight"] = self.encoder.params["weight"]
+            self.decoder.grads["weight"] = self.encoder.grads["weight"]
+
+    def _on_to(self, dtype, device) -> None:
+        self._tie()
+
+    def extra_state(self) -> dict:
+        return {"vocab": self.vocab} if self.vocab is not None else {}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """As Layer's; with tied weights a ``decoder.weight`` entry (PyTorch saves both) must equal the embedding."""
+        if self.config.tie_weights and "decoder.weight" in state:
+            state = dict(state)
+            dec = np.asarray(backend.to_numpy(state.pop("decoder.weight")))
+            enc = state.get("encoder.weight")
+            if enc is not None and not np.array_equal(dec, backend.to_numpy(enc)):
+                raise ValueError("tie_weights=True but decoder.weight differs from encoder.weight")
+        super().load_state_dict(state, strict)
+
+    # -- state ---------------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        self.rnn.reset_state()
+
+    # -- forward / backward --------------------------------------------------------------------
+    def forward(self, ids):
+        """ids (B, T) int -> logits (B, T, V); the recurrent state carries over from the last call."""
+        if getattr(ids, "ndim", 0) != 2:
+            raise ValueError(f"ids have shape {getattr(ids, 'shape', None)}; expected (B, T) token ids")
+        x = self.embedding_drop(self.encoder(ids))
+        h, _ = self.rnn(x)
+        self.last_logits = self.decoder(self.output_drop(h))
+        return self.last_logits
+
+    def loss(self, ids, targets, mask=None) -> float:
+        """Mean next-token cross-entropy (nats per token) of ``targets`` (B, T) given ``ids`` (B, T)."""
+        return self.criterion.forward(self.forward(ids), targets, mask)
+
+    def backward(self, dloss: float = 1.0) -> None:
+        """BPTT through the last ``loss`` call; gradients accumulate into ``grads``."""
+        dlogits = self.criterion.backward(dloss)
+        dh = self.output_drop.backward(self.decoder.backward(dlogits))
+        dx = self.rnn.backward(dh)
+        self.encoder.backward(self.embedding_drop.backward(dx))
+
+    # -- inference -----------------------------------------------------------------------------
+    def predict(self, ids, state=None):
+        """Logits and final state for ``ids`` (B, T) from ``state`` (None: zeros), in eval mode.
+
+        Leaves the training carry (``rnn.state``) untouched. Returns (logits (B, T, V), state).
+        """
+        was_training, carried = self.training, self.rnn._state
+        self.eval()
+        self.rnn._state = None  # state=None means zeros here, not the training carry
+        try:
+            x = self.encoder.forward(ids)
+            h, state = self.rnn.forward(x, state)
+            return self.decoder.forward(h), state
+        finally:
+            self.rnn._state, self.rnn._cache = carried, None
+            self.train(was_training)

@@ -1,0 +1,154 @@
+"""``rnnkit train --task lm``: a recurrent language model trained with truncated BPTT.
+
+The corpus (bundled ``tinyshakespeare``, ``ptb`` from the data folder, or any UTF-8 text
+file) is cut into ``batch_size`` parallel streams; each step reads the next ``bptt``
+tokens of every stream, carrying the hidden state from the previous chunk (gradients stop
+at the chunk edge). The state is reset at each epoch start. Metrics: loss in nats per
+token and perplexity ``exp(loss)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.batching import TBPTTBatcher
+from ..data.text import load_corpus, shared_data_dir
+from ..data.vocab import Vocab
+from ..models.language_model import LanguageModel, LanguageModelConfig
+
+
+@dataclass
+class LMTaskConfig:
+    corpus: str = field(default="tinyshakespeare", metadata={
+        "help": "tinyshakespeare (bundled) | ptb | path to a UTF-8 text file"})
+    data_dir: str = field(default="", metadata={"help": "folder holding ptb/ (default: $RNNKIT_DATA or ../shared/data)"})
+    level: str = field(default="", metadata={"help": "char | word (default: the corpus's own; char for text files)"})
+    min_freq: int = field(default=1, metadata={"help": "drop tokens seen fewer times from the vocabulary"})
+    max_size: int = field(default=0, metadata={"help": "keep at most this many tokens in the vocabulary (0: all)"})
+    batch_size: int = field(default=32, metadata={"help": "parallel streams B"})
+    bptt: int = field(default=64, metadata={"help": "truncated-BPTT length T (tokens per chunk)"})
+    eval_batch_size: int = field(default=10, metadata={"help": "parallel streams for evaluation"})
+    max_eval_tokens: int = field(default=0, metadata={"help": "evaluate on at most this many tokens (0: all)"})
+    cell: str = field(default="lstm", metadata={"help": "rnn | lstm | gru"})
+    nonlinearity: str = field(default="tanh", metadata={"help": "tanh | relu (vanilla rnn only)"})
+    embedding_size: int = field(default=128, metadata={"help": "embedding width E"})
+    hidden_size: int = field(default=256, metadata={"help": "recurrent state width H"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout between recurrent layers"})
+    embedding_dropout: float = field(default=0.0, metadata={"help": "dropout on the embeddings"})
+    output_dropout: float = field(default=0.0, metadata={"help": "dropout before the output layer"})
+    tie_weights: bool = field(default=False, metadata={"help": "share embedding and output weights (E == H)"})
+    init_range: float = field(default=0.1, metadata={"help": "U(-r, r) init of embedding and output (0: defaults)"})
+
+    def __post_init__(self):
+        for name in ("batch_size", "bptt", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
+        if self.level not in ("", "char", "word"):
+            raise ValueError(f"level {self.level!r}; expected 'char', 'word' or '' (the corpus's own)")
+
+
+def _data_dir(config: LMTaskConfig):
+    if config.data_dir:
+        return Path(config.data_dir)
+    found = shared_data_dir()
+    if found is not None:
+        return found
+    beside = Path.cwd().parent / "shared" / "data"
+    return beside if beside.exists() else None
+
+
+def load_lm_corpus(config: LMTaskConfig):
+    return load_corpus(config.corpus, level=config.level or None, data_dir=_data_dir(config),
+                       min_freq=config.min_freq, max_size=config.max_size or None)
+
+
+class LanguageModelTask:
+    """Truncated-BPTT language modelling (see the module docstring)."""
+
+    name = "lm"
+    config_class = LMTaskConfig
+    main_metric = "val_loss"
+    reports_perplexity = True
+
+    def __init__(self, config: LMTaskConfig, corpus, seed: int = 0, model: LanguageModel | None = None):
+        self.config, self.corpus, self.seed = config, corpus, seed
+        if model is None:
+            fields = {f.name for f in dataclasses.fields(LanguageModelConfig)}
+            values = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}
+            model_config = LanguageModelConfig(vocab_size=len(corpus.vocab), level=corpus.level, **{
+                k: v for k, v in values.items() if k not in ("vocab_size", "level")})
+            model = LanguageModel(model_config, vocab=corpus.vocab.to_dict(), seed=seed)
+        elif Vocab.from_dict(model.vocab) != corpus.vocab:
+            raise ValueError("the checkpoint's vocabulary does not match this corpus's; evaluate on text encoded "
+                             "with the model's own vocabulary (rnnkit evaluate --file does this)")
+        self.model = model
+        self.train_stream = TBPTTBatcher(corpus.train, config.batch_size, config.bptt)
+
+    @classmethod
+    def from_config(cls, config: LMTaskConfig, seed: int = 0) -> "LanguageModelTask":
+        return cls(config, load_lm_corpus(config), seed)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "LanguageModelTask":
+        from ..checkpoint import load_checkpoint  # noqa: PLC0415
+        from ..config import from_dict  # noqa: PLC0415
+
+        _, meta = load_checkpoint(path)
+        if meta.get("task") != cls.name:
+            raise ValueError(f"{path}: not a language-model checkpoint (task {meta.get('task')!r})")
+        config = from_dict(LMTaskConfig, meta["task_config"])
+        return cls(config, load_lm_corpus(config), int(meta.get("seed", 0)), model=LanguageModel.load(path))
+
+    def extra_meta(self) -> dict:
+        return {"task": self.name, "task_config": dataclasses.asdict(self.config), "seed": self.seed}
+
+    # -- training ------------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.model.reset_state()
+
+    def train_batches(self, epoch: int):
+        xp = self.model.xp
+        for x, y in self.train_stream:
+            yield xp.asarray(x), xp.asarray(y)
+
+    def num_train_batches(self) -> int:
+        return len(self.train_stream)
+
+    def train_loss(self, batch) -> tuple[float, int]:
+        x, y = batch
+        return self.model.loss(x, y), int(y.size)
+
+    def backward(self) -> None:
+        self.model.backward()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, split: str) -> dict[str, float]:
+        ids = {"valid": self.corpus.valid, "test": self.corpus.test}.get(split)
+        if ids is None or len(ids) < 2:
+            return {}
+        return evaluate_ids(self.model, ids, self.config.eval_batch_size, self.config.bptt,
+                            self.config.max_eval_tokens)
+
+
+def evaluate_ids(model: LanguageModel, ids: np.ndarray, batch_size: int, bptt: int, max_tokens: int = 0) -> dict:
+    """Mean loss (nats/token) and perplexity of ``model`` on the token stream ``ids``.
+
+    Runs in eval mode with its own state from zeros; the training carry is restored after.
+    """
+    if max_tokens:
+        ids = ids[: max_tokens + 1]
+    batch_size = max(1, min(batch_size, (len(ids) - 1) // 1))
+    stream = TBPTTBatcher(ids, batch_size, bptt)
+    xp = model.xp
+    total, count, state = 0.0, 0, None
+    for x, y in stream:
+        logits, state = model.predict(xp.asarray(x), state)
+        total += model.criterion.forward(logits, xp.asarray(y)) * y.size
+        count += y.size
+    loss = total / max(count, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 700)), "tokens": count}
