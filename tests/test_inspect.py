@@ -259,3 +259,21 @@ def test_page_in_headless_chromium(browser, tmp_path):
     assert browser.evaluate("document.querySelectorAll('#predictions tr').length") == 5
     assert "position 3" in browser.evaluate("document.getElementById('info-body').innerText")
     (tmp_path / "inspect.png").write_bytes(browser.screenshot())
+
+
+def test_command_line_on_a_language_model_checkpoint(tmp_path):
+    import argparse
+
+    from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+
+    vocab = Vocab.build(TEXT, specials=())
+    config = LanguageModelConfig(vocab_size=len(vocab), cell="lstm", embedding_size=6, hidden_size=8, num_layers=2)
+    path = LanguageModel(config, vocab=vocab.to_dict()).save(tmp_path / "lm.safetensors")
+    parser = argparse.ArgumentParser()
+    ins.add_arguments(parser)
+    out = tmp_path / "page.html"
+    assert ins.run(parser.parse_args([str(path), "--string", TEXT, "--max-chars", "100", "--out", str(out)])) == 0
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', out.read_text(), re.S).group(1))
+    assert "".join(data["tokens"]) == TEXT[:100]
+    assert {s["name"] for s in data["sources"]} == {f"{k}{l}" for k in "hcifgo" for l in (0, 1)}
+    assert len(data["predictions"]["ids"]) == 100 and len(data["predictions"]["ids"][0]) == 5

@@ -591,10 +591,13 @@ def _run_checkpoint(args, out: Path) -> int:
 
     model = Model.load(args.checkpoint)
     model.eval()
+    from ..data import Vocab, tokenize
+
     vocab = getattr(model, "vocab", None)
-    if vocab is None or not hasattr(vocab, "encode"):
-        raise SystemExit(f"{args.checkpoint}: model has no vocabulary with encode(); gradflow needs a language model")
-    from ..data import tokenize
+    if not all(hasattr(model, n) for n in ("encoder", "rnn", "decoder")) or vocab is None:
+        raise SystemExit(f"{args.checkpoint}: a {type(model).__name__} with no encoder/rnn/decoder and vocabulary; "
+                         "gradflow reads language models")
+    vocab = Vocab.from_dict(vocab) if isinstance(vocab, dict) else vocab
 
     level = getattr(getattr(model, "config", None), "level", "char")
     data = np.asarray(vocab.encode(tokenize(_load_text(args), level)), dtype=np.int64)

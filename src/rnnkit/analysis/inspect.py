@@ -191,14 +191,17 @@ def render_html(data: dict) -> str:
 def write_page(model, text: str, path, vocab=None, title: str | None = None, top_k: int = 5) -> Path:
     """Write the inspect page of a character model for ``text``.
 
-    model: encoder/rnn/decoder (rnnkit's LanguageModel); vocab: its ``Vocab`` (default
-    ``model.vocab``). Characters outside the vocabulary map to ``<unk>`` where it has one.
+    model: encoder/rnn/decoder (rnnkit's LanguageModel); vocab: a ``Vocab`` or its dict
+    (default ``model.vocab``). Characters outside the vocabulary map to ``<unk>`` where it has one.
     """
     from ..checkpoint import write_text_atomic
+
+    from ..data import Vocab
 
     vocab = vocab if vocab is not None else getattr(model, "vocab", None)
     if vocab is None:
         raise ValueError("no vocabulary: pass vocab= (the model has no .vocab)")
+    vocab = Vocab.from_dict(vocab) if isinstance(vocab, dict) else vocab
     if len(text) > MAX_CHARS:
         raise ValueError(f"text of {len(text)} characters; at most {MAX_CHARS} (the page holds every activation)")
     was_training = getattr(model, "training", False)

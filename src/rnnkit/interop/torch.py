@@ -107,10 +107,19 @@ def _cell_from_state(state: dict[str, np.ndarray], nonlinearity: str, dtype):
     return cell
 
 
-def _placeholder_vocab(size: int):
+def _vocab_dict(vocab, size: int) -> dict:
+    """The language model's vocabulary (``Vocab.to_dict()`` form) from a Vocab, a dict, a token list or None."""
     from ..data import Vocab
 
-    return Vocab([f"<{i}>" for i in range(size)])
+    if vocab is None:
+        vocab = Vocab([f"<{i}>" for i in range(size)])  # stand-ins: a state_dict holds no tokens
+    elif isinstance(vocab, dict):
+        vocab = Vocab.from_dict(vocab)
+    elif not isinstance(vocab, Vocab):
+        vocab = Vocab(list(vocab))
+    if len(vocab) != size:
+        raise ValueError(f"vocab has {len(vocab)} tokens; the encoder has {size} rows")
+    return vocab.to_dict()
 
 
 def _language_model_from_state(state, nonlinearity, vocab, level, dtype, dropout, tie_weights):
@@ -121,21 +130,12 @@ def _language_model_from_state(state, nonlinearity, vocab, level, dtype, dropout
     V, E = state["encoder.weight"].shape
     if tie_weights is None:  # absent (deduplicated on save) or identical: tied
         tie_weights = "decoder.weight" not in state or np.array_equal(state["decoder.weight"], state["encoder.weight"])
-    if vocab is None:
-        vocab = _placeholder_vocab(int(V))
-    elif isinstance(vocab, (list, tuple)):
-        from ..data import Vocab
-
-        vocab = Vocab(list(vocab))
-    if len(vocab) != V:
-        raise ValueError(f"vocab has {len(vocab)} tokens; the encoder has {V} rows")
+    vocab = _vocab_dict(vocab, int(V))
     config = LanguageModelConfig(vocab_size=int(V), level=level, cell=spec["mode"], nonlinearity=nonlinearity,
                                  embedding_size=int(E), hidden_size=spec["hidden_size"],
                                  num_layers=spec["num_layers"], tie_weights=bool(tie_weights),
                                  **_dropout_fields(LanguageModelConfig, dropout))
-    model = LanguageModel(config, vocab=vocab)
-    if dtype is not None:
-        model.to(dtype=dtype)
+    model = LanguageModel(config, vocab=vocab, dtype=dtype)
     own = {name for name, _, _ in model.named_parameters()}
     if "decoder.weight" not in state:
         state = {**state, "decoder.weight": state["encoder.weight"]}
