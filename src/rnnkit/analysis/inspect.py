@@ -106,8 +106,10 @@ def text_properties(tokens: list[str]) -> dict[str, np.ndarray]:
         if tok == '"':
             quote = not quote
         col = 0 if tok == "\n" else col + len(tok)
-        level += tok in "([{" if len(tok) == 1 else 0
-        level -= tok in ")]}" if len(tok) == 1 and level > 0 else 0
+        if tok in ("(", "[", "{"):
+            level += 1
+        elif tok in (")", "]", "}") and level > 0:
+            level -= 1
         inside[t], column[t], depth[t] = quote, col, level
     return {"inside quotes": inside, "line position": column, "bracket depth": depth}
 
