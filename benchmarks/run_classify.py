@@ -1,8 +1,9 @@
 """Classification benchmark: rt-polarity (k-fold) and SMS spam (fixed split) with SequenceClassifier.
 
-Each run trains with Adam, keeps the weights of the epoch with the best validation
-accuracy (early stopping), and reports test metrics of those weights. One JSON line per
-(fold, seed) goes to ``--out``; a summary (mean +- std over runs) to stdout.
+Each run is one ``rnnkit train --task classify`` run through the shared Trainer (Adam,
+clipping, early stopping on validation loss; the best checkpoint is evaluated on the
+test part). One JSON line per (fold, seed) goes to ``--out``; a summary (mean +- std
+over runs) to stdout.
 
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --out runs/rt.jsonl
     python benchmarks/run_classify.py --dataset sms-spam --seeds 0 1 2 --out runs/sms.jsonl
@@ -22,41 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnkit.config import from_dict, parse_overrides, to_dict
-from rnnkit.optim import Adam, clip_grad_norm
 from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask, load_texts
-
-
-def train_one(task: ClassifyTask, epochs: int, lr: float, patience: int, clip: float, log) -> dict:
-    """Adam + clipping; early stopping on validation accuracy; returns the best epoch's metrics."""
-    model = task.model
-    opt = Adam(model, lr=lr)
-    best = {"val_accuracy": -1.0}
-    best_state, waited = None, 0
-    for epoch in range(epochs):
-        start = time.time()
-        task.start_epoch(epoch)
-        total = count = 0
-        for batch in task.train_batches(epoch):
-            model.zero_grad()
-            loss, n = task.train_loss(batch)
-            task.backward()
-            clip_grad_norm(model, clip)
-            opt.step()
-            total, count = total + loss * n, count + n
-        val = task.evaluate("valid")
-        log(f"  epoch {epoch}: train loss {total / count:.4f}  val loss {val['loss']:.4f}  "
-            f"val acc {val['accuracy']:.4f}  ({time.time() - start:.0f}s)")
-        if val["accuracy"] > best["val_accuracy"]:
-            best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-            best_state = {k: v.copy() for k, v in model.state_dict().items()}
-            waited = 0
-        else:
-            waited += 1
-            if waited > patience:
-                break
-    model.load_state_dict(best_state)
-    best.update({f"test_{k}": v for k, v in task.evaluate("test").items()})
-    return best
+from rnnkit.train.trainer import Trainer, TrainConfig
 
 
 def main(argv=None) -> int:
@@ -68,8 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without a better val loss")
     p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--run-dir", default="runs/classify", help="checkpoints of the current run (overwritten)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ClassifyConfig overrides")
     p.add_argument("--out", type=Path, help="append one JSON line per run here")
     args = p.parse_args(argv)
@@ -87,9 +56,11 @@ def main(argv=None) -> int:
                   f"{len(task.splits['valid'])} val, {len(task.splits['test'])} test, vocab {len(task.vocab)}",
                   flush=True)
             start = time.time()
-            res = train_one(task, args.epochs, args.lr, args.patience, args.clip, lambda s: print(s, flush=True))
+            train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, clip=args.clip, early_stopping=args.patience,
+                                    seed=seed, run_dir=args.run_dir, overwrite=True, progress=False)
+            res = Trainer(task, train_cfg, cfg).fit()
             res.update(fold=fold, seed=seed, seconds=round(time.time() - start, 1), config=to_dict(cfg),
-                       train={"epochs": args.epochs, "lr": args.lr, "patience": args.patience, "clip": args.clip})
+                       train=to_dict(train_cfg))
             print(f"  -> test accuracy {res['test_accuracy']:.4f}" +
                   (f", F1 {res['test_f1']:.4f}" if "test_f1" in res else ""), flush=True)
             results.append(res)

@@ -12,12 +12,16 @@ from the true history up to it). On exactly those origins and targets it also sc
   (b) on training + validation; forecasts from each origin apply the fitted
   parameters to the history up to that origin (no refit).
 
+``--grid hidden_size=8,16,32 output=last,sequence`` trains every combination with every
+seed and reports the one with the lowest mean *validation* MAE (test plays no part).
+
 Needs the ``bench`` extra (statsmodels, matplotlib). Writes a JSON line per dataset to
 ``--out`` and a PNG of forecast vs truth to ``--figure``.
 
     python benchmarks/run_forecast.py --dataset air-passengers --seeds 0 1 2 3 4 \
         --figure benchmarks/figures/forecast_air_passengers_h1.png --out runs/forecast.jsonl
-    python benchmarks/run_forecast.py --dataset air-passengers --set horizon=12 output=sequence
+    python benchmarks/run_forecast.py --dataset air-passengers --set horizon=12 \
+        --grid hidden_size=8,16,32 output=last,sequence
 """
 from __future__ import annotations
 
@@ -138,6 +142,31 @@ def fmt(values) -> str:
     return f"{values.mean():.3g} ± {values.std():.2g}" if len(values) > 1 else f"{values[0]:.3g}"
 
 
+def parse_grid(items) -> list[dict]:
+    """["hidden_size=8,16", "output=last,sequence"] -> the 4 combinations as override dicts."""
+    axes = []
+    for item in items:
+        key, _, values = item.partition("=")
+        axes.append([(key, parse_overrides([f"{key}={v}"])[key]) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)] or [{}]
+
+
+def train_seeds(config: ForecastConfig, series, names, args):
+    nets, tasks = [], []
+    for seed in args.seeds:
+        start = time.time()
+        task = ForecastTask(config, series, names, seed=seed)
+        epoch = train_one(task, args.epochs, args.lr, args.patience, args.clip)
+        origins, pred, truth = task.forecast("test")
+        m = forecast_metrics(pred, truth)
+        val = task.evaluate("valid")
+        print(f"  seed {seed}: best epoch {epoch}, val MAE {val['mae']:.4g}, test MAE {m['mae']:.4g} "
+              f"MAPE {m['mape']:.3g}% ({time.time() - start:.0f}s)", flush=True)
+        nets.append({"seed": seed, "epoch": epoch, "val_mae": val["mae"], "val_mape": val["mape"], **m, "pred": pred})
+        tasks.append(task)
+    return nets, tasks
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="air-passengers")
@@ -148,33 +177,37 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=25)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ForecastConfig overrides")
+    p.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",
+                   help="model selection: try every combination, keep the lowest mean validation MAE")
     p.add_argument("--arima-order", help="p,d,q,P,D,Q (default: AIC grid search on the training part)")
     p.add_argument("--no-arima", action="store_true")
     p.add_argument("--figure", type=Path)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
 
-    config = from_dict(ForecastConfig, {"dataset": args.dataset, "data_dir": args.data_dir, **parse_overrides(args.set)})
-    series, names = load_series(config)
-    nets, tasks = [], []
-    for seed in args.seeds:
-        start = time.time()
-        task = ForecastTask(config, series, names, seed=seed)
-        epoch = train_one(task, args.epochs, args.lr, args.patience, args.clip)
-        origins, pred, truth = task.forecast("test")
-        m = forecast_metrics(pred, truth)
-        print(f"seed {seed}: best epoch {epoch}, test MAE {m['mae']:.4g} MAPE {m['mape']:.3g}% "
-              f"({time.time() - start:.0f}s)", flush=True)
-        nets.append({"seed": seed, "epoch": epoch, **m, "pred": pred})
-        tasks.append(task)
+    base = {"dataset": args.dataset, "data_dir": args.data_dir, **parse_overrides(args.set)}
+    series, names = load_series(from_dict(ForecastConfig, base))
+    # --grid: every combination is trained with every seed; the one with the lowest mean
+    # *validation* MAE is reported (the test part plays no part in the choice)
+    grid = parse_grid(args.grid)
+    candidates = []
+    for combo in grid:
+        config = from_dict(ForecastConfig, {**base, **combo})
+        if len(grid) > 1:
+            print(f"grid point {combo}", flush=True)
+        nets, tasks = train_seeds(config, series, names, args)
+        candidates.append((float(np.mean([n["val_mae"] for n in nets])), combo, nets, tasks))
+    val_mae, chosen, nets, tasks = min(candidates, key=lambda c: c[0])
+    grid_report = [{"point": c[1], "val_mae": c[0], "test_mae": float(np.mean([n["mae"] for n in c[2]]))}
+                   for c in candidates]
     task = tasks[0]
     cfg = task.config
     origins, truth = task.origins["test"], task.truth(task.origins["test"])
     naive = forecast_metrics(task.seasonal_naive(origins), truth)
     result = {"dataset": args.dataset, "config": to_dict(cfg), "test_origins": len(origins),
               "train": {"epochs": args.epochs, "lr": args.lr, "patience": args.patience, "clip": args.clip},
-              "network": {k: [n[k] for n in nets] for k in ("seed", "epoch", "mae", "rmse", "mape")},
-              "seasonal_naive": naive}
+              "network": {k: [n[k] for n in nets] for k in ("seed", "epoch", "val_mae", "val_mape", "mae", "rmse", "mape")},
+              "seasonal_naive": naive, "grid": grid_report, "chosen": chosen}
     mean_pred = np.mean([n["pred"] for n in nets], axis=0)
     result["network_seed_average"] = forecast_metrics(mean_pred, truth)
     preds = {"network": nets[0]["pred"], "seasonal naive": task.seasonal_naive(origins)}
@@ -198,8 +231,12 @@ def main(argv=None) -> int:
                                  "transform": cfg.transform}
 
     net = result["network"]
-    print(f"\n{args.dataset}  horizon {cfg.horizon}  output {cfg.output}  {len(origins)} test origins")
-    print(f"  network ({len(nets)} seeds)  MAE {fmt(net['mae'])}  MAPE {fmt(net['mape'])}%")
+    for g in grid_report:
+        print(f"  grid {g['point']}: mean val MAE {g['val_mae']:.4g} (test MAE {g['test_mae']:.4g})")
+    print(f"\n{args.dataset}  horizon {cfg.horizon}  output {cfg.output}  hidden {cfg.hidden_size}  "
+          f"{len(origins)} test origins")
+    print(f"  network ({len(nets)} seeds)  MAE {fmt(net['mae'])}  MAPE {fmt(net['mape'])}%   "
+          f"(validation MAE {fmt(net['val_mae'])})")
     print(f"  network seed-average    MAE {result['network_seed_average']['mae']:.4g}  "
           f"MAPE {result['network_seed_average']['mape']:.3g}%")
     print(f"  seasonal naive          MAE {naive['mae']:.4g}  MAPE {naive['mape']:.3g}%")
@@ -208,7 +245,7 @@ def main(argv=None) -> int:
             print(f"  {label:<23} MAE {result[label]['mae']:.4g}  MAPE {result[label]['mape']:.3g}%  "
                   f"{result['arima_order']}")
     if args.figure:
-        title = (f"{args.dataset}: test forecasts (network seed {args.seeds[0]}, {cfg.cell}, "
+        title = (f"{args.dataset}: test forecasts (network seed {args.seeds[0]}, {cfg.cell} {cfg.hidden_size}, "
                  f"horizon {cfg.horizon}, {cfg.output})")
         plot(args.figure, task, origins, preds, title)
         print(f"figure: {args.figure}")

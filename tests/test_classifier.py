@@ -182,11 +182,11 @@ def test_task_on_labelled_csv_and_checkpoint_roundtrip(tmp_path):
 
 
 def test_kfold_splits_partition_the_data():
-    cfg = ClassifyConfig(folds=10, fold=0)
+    cfg = ClassifyConfig(folds=10, fold=0, split_seed=5)
     tests = []
     for fold in range(10):
         cfg.fold = fold
-        train, val, test = split_indices(103, cfg, seed=5)
+        train, val, test = split_indices(103, cfg)
         assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
         assert len(train) + len(val) + len(test) == 103
         tests.append(test)
@@ -205,3 +205,18 @@ def test_tokens_and_metrics():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     m = classification_metrics(probs, np.array([0, 1, 1, 0]), positive=1)
     assert m["accuracy"] == 0.5 and m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
+
+
+def test_trainer_run_and_reload_from_its_checkpoint(tmp_path):
+    """The shared Trainer drives the task; the best checkpoint rebuilds the same task and model."""
+    from rnnkit.train.trainer import Trainer, TrainConfig
+
+    cfg = ClassifyConfig(dataset=str(write_labelled_csv(tmp_path / "toy.csv")), embedding_dim=8, hidden_size=8,
+                         batch_size=8, val_fraction=0.2, test_fraction=0.2)
+    task = ClassifyTask.from_config(cfg, seed=1)
+    train_cfg = TrainConfig(epochs=2, lr=1e-2, seed=1, run_dir=str(tmp_path / "run"), progress=False)
+    result = Trainer(task, train_cfg, cfg).fit()
+    assert {"best_val_loss", "test_loss", "test_accuracy", "test_f1"} <= set(result)
+    again = ClassifyTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert again.seed == 1 and again.config == cfg
+    assert again.evaluate("test")["loss"] == pytest.approx(result["test_loss"])

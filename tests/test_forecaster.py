@@ -166,3 +166,20 @@ def test_air_passengers_beats_seasonal_naive(tmp_path):
     again = ForecastTask.from_checkpoint(ckpt)
     assert isinstance(Model.load(ckpt), Forecaster)
     assert again.evaluate("test") == pytest.approx(m)
+
+
+def test_trainer_run_and_reload_from_its_checkpoint(tmp_path):
+    from rnnkit.train.trainer import Trainer, TrainConfig
+
+    t = np.arange(120)
+    path = tmp_path / "s.csv"
+    path.write_text("t,v\n" + "".join(f"{i},{10 + np.sin(i / 2):.5f}\n" for i in t), encoding="utf-8")
+    cfg = ForecastConfig(dataset=str(path), hidden_size=8, input_len=10, val_size=15, test_size=15, horizon=2,
+                         output="sequence", loss="mae")
+    task = ForecastTask.from_config(cfg, seed=2)
+    train_cfg = TrainConfig(epochs=2, lr=1e-2, seed=2, run_dir=str(tmp_path / "run"), progress=False)
+    result = Trainer(task, train_cfg, cfg).fit()
+    assert {"best_val_loss", "test_loss", "test_mae", "test_naive_mae"} <= set(result)
+    again = ForecastTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert again.config == task.config and again.seed == 2
+    assert again.evaluate("test")["mae"] == pytest.approx(result["test_mae"])

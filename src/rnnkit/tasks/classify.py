@@ -8,8 +8,9 @@ least ``min_freq`` times) is built on the training part only.
 
 Splits: a fixed random split (``val_fraction``, ``test_fraction``), or k-fold
 cross-validation (``folds`` = k > 1): fold ``fold`` is the test set and ``val_fraction``
-of the rest is held out for early stopping. Every split is drawn from ``seed`` alone, so
-a run is reproducible and the k folds of one seed partition the data.
+(of all the data) is held out of the rest for early stopping. Splits are drawn from
+``split_seed`` alone, so they do not move when the training seed changes, and the k folds
+of one split seed partition the data.
 
 Metrics: loss (mean cross-entropy), accuracy, and for two classes the F1 score of the
 rarer class (``spam`` in SMS spam) with its precision and recall.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backend
 from ..data.batching import pad_batch
 from ..data.tasks import load_labelled_file, load_rt_polarity, load_sms_spam
 from ..data.text import shared_data_dir
@@ -54,6 +56,7 @@ class ClassifyConfig(ClassifierConfig):
     folds: int = field(default=0, metadata={"help": "k > 1: k-fold cross-validation, test = fold number `fold`"})
     fold: int = field(default=0, metadata={"help": "which fold is the test set (0 <= fold < folds)"})
     max_train: int = field(default=0, metadata={"help": "use at most this many training examples (0: all)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the data split (independent of the training seed)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,9 +92,9 @@ def load_texts(config: ClassifyConfig) -> tuple[list[str], list[str]]:
     return load_labelled_file(config.dataset)
 
 
-def split_indices(n: int, config: ClassifyConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) index arrays: a fixed split, or fold ``config.fold`` of k."""
-    order = np.random.default_rng(seed).permutation(n)
+def split_indices(n: int, config: ClassifyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) index arrays: a fixed split, or fold ``config.fold`` of k, drawn from ``split_seed``."""
+    order = np.random.default_rng(config.split_seed).permutation(n)
     if config.folds:
         bounds = np.linspace(0, n, config.folds + 1).round().astype(int)
         test = order[bounds[config.fold]:bounds[config.fold + 1]]
@@ -115,7 +118,7 @@ class ClassifyTask:
         if len(texts) != len(labels) or not texts:
             raise ValueError(f"{len(texts)} texts and {len(labels)} labels; expected equally many, at least one")
         tokens = [word_tokens(t)[: config.max_len] for t in texts]
-        train, val, test = split_indices(len(texts), config, seed)
+        train, val, test = split_indices(len(texts), config)
         if config.max_train:
             train = train[: config.max_train]
         if model is None:
@@ -185,8 +188,9 @@ class ClassifyTask:
 
     def train_batches(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
+        xp = self.model.xp
         for idx in self._bucketed(self.splits["train"], rng):
-            yield self.batch(idx)
+            yield tuple(xp.asarray(a) for a in self.batch(idx))
 
     def num_train_batches(self) -> int:
         return -(-len(self.splits["train"]) // self.config.batch_size)
@@ -203,10 +207,11 @@ class ClassifyTask:
         """(probabilities (N, C), labels (N,)) of a split, in eval mode."""
         idx = self.splits[split]
         idx = idx[np.argsort([len(self.ids[i]) for i in idx], kind="stable")]
-        probs = np.empty((len(idx), len(self.labels)))
+        probs, xp = np.empty((len(idx), len(self.labels))), self.model.xp
         for start in range(0, len(idx), batch_size):
             ids, mask, _ = self.batch(idx[start:start + batch_size])
-            probs[start:start + len(ids)] = self.model.predict_proba(ids, mask)
+            p = self.model.predict_proba(xp.asarray(ids), xp.asarray(mask))
+            probs[start:start + len(ids)] = backend.to_numpy(p)
         return probs, self.targets[idx]
 
     def evaluate(self, split: str) -> dict[str, float]:
@@ -223,7 +228,9 @@ class ClassifyTask:
         seqs = [self.vocab.encode(word_tokens(t)[: self.config.max_len]) for t in texts]
         seqs = [s if len(s) else np.array([self.vocab.unk_id]) for s in seqs]
         ids, mask = pad_batch(seqs, self.vocab.pad_id)
-        return [self.labels[k] for k in self.model.predict(ids, mask)]
+        xp = self.model.xp
+        predicted = backend.to_numpy(self.model.predict(xp.asarray(ids), xp.asarray(mask)))
+        return [self.labels[k] for k in predicted]
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, positive: int | None = None) -> dict[str, float]:

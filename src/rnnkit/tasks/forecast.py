@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backend
 from ..data.series import Scaler, load_series_csv
 from ..models.forecaster import Forecaster, ForecasterConfig
 from .classify import data_dir, find_task_meta
@@ -226,9 +227,9 @@ class ForecastTask:
         rng = np.random.default_rng([self.seed, epoch])
         origins = rng.permutation(self.origins["train"])
         sequence = self.model.config.output == "sequence"
-        bs = self.config.batch_size
+        bs, xp = self.config.batch_size, self.model.xp
         for start in range(0, len(origins), bs):
-            yield self.windows(origins[start:start + bs], sequence)
+            yield tuple(xp.asarray(a) for a in self.windows(origins[start:start + bs], sequence))
 
     def num_train_batches(self) -> int:
         return -(-len(self.origins["train"]) // self.config.batch_size)
@@ -259,8 +260,12 @@ class ForecastTask:
         """(origins (N,), forecasts (N, h, K), truths (N, h, K)) of a split, in the series' units."""
         origins = self.origins[_split_name(split)]
         x, _ = self.windows(origins)
-        zhat = self.model.predict(x).astype(np.float64)
+        zhat = self.predict_scaled(x)
         return origins, self.invert(origins, zhat), self.truth(origins)
+
+    def predict_scaled(self, x: np.ndarray) -> np.ndarray:
+        """The model's scaled forecasts (N, h, K) float64 of windows x, in eval mode."""
+        return backend.to_numpy(self.model.predict(self.model.xp.asarray(x))).astype(np.float64)
 
     def truth(self, origins: np.ndarray) -> np.ndarray:
         return self.y[origins[:, None] + np.arange(1, self.config.horizon + 1), :self.num_targets]
@@ -277,7 +282,7 @@ class ForecastTask:
         if len(origins) == 0:
             return {}
         x, y = self.windows(origins)
-        zhat = self.model.predict(x).astype(np.float64)
+        zhat = self.predict_scaled(x)
         diff = zhat - y
         loss = float((diff ** 2).mean() if self.config.loss == "mse" else np.abs(diff).mean())
         truth = self.truth(origins)
