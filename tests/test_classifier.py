@@ -41,9 +41,10 @@ def tiny_model(cell="lstm", pooling="max", bidirectional=True, num_layers=2, dro
                          list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "max"], [False, True])))
 def test_gradcheck_logits(cell, pooling, bidirectional):
     """Every parameter, through padded (masked) sequences, with dropout active (its masks replayed)."""
-    report = gradcheck(tiny_model(cell, pooling, bidirectional), (tiny_ids(), MASK))
+    # 15 random elements of every parameter array keep the 18 cases fast
+    report = gradcheck(tiny_model(cell, pooling, bidirectional), (tiny_ids(), MASK), max_elements=15)
     assert report.max_rel_error < 1e-6, str(report)
-    assert report.checked["embedding.weight"] == V * 4
+    assert len(report.errors) == len(list(tiny_model(cell, pooling, bidirectional).named_parameters()))
 
 
 class LossOf(Layer):
@@ -62,7 +63,7 @@ class LossOf(Layer):
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 def test_gradcheck_loss(pooling):
-    report = gradcheck(LossOf(tiny_model("gru", pooling), np.array([0, 2, 1])), (tiny_ids(1), MASK))
+    report = gradcheck(LossOf(tiny_model("gru", pooling), np.array([0, 2, 1])), (tiny_ids(1), MASK), max_elements=15)
     assert report.max_rel_error < 1e-6, str(report)
 
 
