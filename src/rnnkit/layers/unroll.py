@@ -148,12 +148,17 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             dc += dc_T
         dc_prev = xp.empty((B, H), dtype=c.X.dtype)
         work = xp.empty((2, B, G), dtype=c.X.dtype)  # kernel scratch, reused every step
-    # gradient of x W_ih^T + b_ih: written over the cached buffers the backward consumes
-    # (LSTM: the gates, read at step t before dA_t replaces them; RNN: the unused
-    # pre-activations), so BPTT allocates no second (T, B, G) array
-    dXW = c.gates if c.mode in ("lstm", "rnn") else xp.empty((T, B, G), dtype=c.X.dtype)
-    gates, c.gates = c.gates, None  # consumed: one backward per forward
-    dHW = dXW if c.mode != "gru" else xp.empty((T, B, G), dtype=c.X.dtype)  # of h W_hh^T + b_hh
+    # dXW, the gradient of x W_ih^T + b_ih, is written over the cached (T, B, G) buffer the
+    # backward consumes (LSTM: the gates, read at step t before dA_t replaces them; GRU:
+    # the gates, copied a step at a time first; RNN: the unused pre-activations), so BPTT
+    # allocates no second (T, B, G) array. dHW, that of h W_hh^T + b_hh, is dXW itself
+    # except the GRU's n block, which is kept over the consumed hw_n (T, B, H).
+    dXW, c.gates = c.gates, None  # consumed: one backward per forward
+    dHW = dXW
+    if c.mode == "gru":
+        gate_t = xp.empty((B, G), dtype=c.X.dtype)
+        dhw_t = xp.empty((B, G), dtype=c.X.dtype)
+        dHW_n, c.hw_n = c.hw_n, None
     g = xp.empty((B, H), dtype=c.X.dtype)  # gradient reaching the cell's new h
     rec = xp.empty((B, H), dtype=c.X.dtype) if m is not None else None
 
@@ -176,24 +181,37 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             if m is not None:
                 dc += dc_pass
         elif c.mode == "gru":
-            K.gru_backward(gates[t], c.hw_n[t], c.Hs[t], g, dXW[t], dHW[t])
+            gate_t[...] = dXW[t]
+            K.gru_backward(gate_t, dHW_n[t], c.Hs[t], g, dXW[t], dhw_t)
+            dHW_n[t] = dhw_t[:, 2 * H :]
         else:
             K.rnn_backward(c.Hs[t + 1], g, c.nonlinearity, out=dXW[t])
         # gradient reaching h_{t-1}: through W_hh (written straight into dh when nothing
         # passes through), plus the GRU's direct path h_t = ... + z * h_{t-1}
+        dhw = dhw_t if c.mode == "gru" else dHW[t]
         if m is None:
-            xp.matmul(dHW[t], c.W_hh, out=dh)
+            xp.matmul(dhw, c.W_hh, out=dh)
         else:
-            xp.matmul(dHW[t], c.W_hh, out=rec)
+            xp.matmul(dhw, c.W_hh, out=rec)
             dh += rec
         if c.mode == "gru":
-            dh += g * gates[t][:, H : 2 * H]
+            dh += g * gate_t[:, H : 2 * H]
 
     # weight gradients: one GEMM each over all steps
     w_ih, w_hh, b_ih, b_hh = names
-    grads[w_hh] += dHW.reshape(T * B, G).T @ c.Hs[:-1].reshape(T * B, H)
+    H_prev = c.Hs[:-1].reshape(T * B, H)
+    if c.mode == "gru":  # [r, z] rows from dXW, n rows from dHW_n
+        dXW_rz = dXW.reshape(T * B, G)[:, : 2 * H]
+        grads[w_hh][: 2 * H] += dXW_rz.T @ H_prev
+        grads[w_hh][2 * H :] += dHW_n.reshape(T * B, H).T @ H_prev
+        if c.has_bias:
+            grads[b_hh][: 2 * H] += dXW_rz.sum(axis=0)
+            grads[b_hh][2 * H :] += dHW_n.sum(axis=(0, 1))
+    else:
+        grads[w_hh] += dHW.reshape(T * B, G).T @ H_prev
+        if c.has_bias:
+            grads[b_hh] += dHW.sum(axis=(0, 1))
     if c.has_bias:
-        grads[b_hh] += dHW.sum(axis=(0, 1))
         grads[b_ih] += dXW.sum(axis=(0, 1))
     if c.reverse:
         dXW = xp.ascontiguousarray(dXW[::-1])
