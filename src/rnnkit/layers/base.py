@@ -98,7 +98,8 @@ class Layer:
     # -- dtype / device ---------------------------------------------------------
     def to(self, dtype=None, device: str | None = None) -> "Layer":
         """Cast and/or move every parameter (and reset its gradient) in place."""
-        for layer in self.modules():
+        modules = list(self.modules())
+        for layer in modules:
             for name in list(layer.params):
                 value = layer.params[name]
                 if device is not None:
@@ -106,6 +107,7 @@ class Layer:
                 if dtype is not None:
                     value = value.astype(dtype)
                 layer.add_param(name, value)
+        for layer in modules:  # after every parameter moved: hooks may re-link shared ones
             layer._on_to(dtype, device)
         return self
 
