@@ -189,3 +189,54 @@ def test_clip_grad_norm_is_the_float64_norm(dtype):
     assert optim.clip_grad_norm(model, 1.0) == pytest.approx(expected, rel=1e-13)
     clipped = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for _, _, g in model.named_parameters()))
     assert clipped == pytest.approx(1.0, rel=1e-5)
+
+
+# ---------------------------------------------------------------- the benchmark's yardstick
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_textbook_reference_computes_the_same_gradients(cell):
+    """benchmarks/reference_dl2.py (per-step objects) agrees with rnnkit's layers in float64."""
+    import importlib.util
+    from pathlib import Path
+
+    from rnnkit import Embedding
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_dl2.py"
+    spec = importlib.util.spec_from_file_location("reference_dl2", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    V, D, H, L, B, T = 13, 5, 6, 2, 3, 4
+    lm = ref.LanguageModel(cell, V, D, H, L, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    for rnn in lm.rnns:  # non-zero biases, so the bias plumbing is checked too
+        rnn.params[2][...] = rng.standard_normal(rnn.params[2].shape)
+    ids, targets = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
+    lm.forward(ids, targets)
+    lm.backward()
+
+    emb = Embedding(V, D, dtype=np.float64)
+    rnn = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cell](D, H, num_layers=L, dtype=np.float64)
+    out = Linear(H, V, dtype=np.float64)
+    emb.params["weight"][...] = lm.embed.params[0]
+    for k, step in enumerate(lm.rnns):
+        Wx, Wh, b = step.params
+        rnn.params[f"weight_ih_l{k}"][...] = Wx.T
+        rnn.params[f"weight_hh_l{k}"][...] = Wh.T
+        G = Wx.shape[1]
+        rnn.params[f"bias_ih_l{k}"][...] = b[:G]
+        rnn.params[f"bias_hh_l{k}"][...] = 0
+        if cell == "gru":
+            rnn.params[f"bias_hh_l{k}"][2 * H :] = b[G:]
+    out.params["weight"][...] = lm.affine.params[0].T
+    out.params["bias"][...] = lm.affine.params[1]
+    ce = SoftmaxCrossEntropy()
+    y, _ = rnn.forward(emb.forward(ids))
+    ce.forward(out.forward(y), targets)
+    emb.backward(rnn.backward(out.backward(ce.backward())))
+
+    np.testing.assert_allclose(emb.grads["weight"], lm.embed.grads[0], rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(out.grads["weight"], lm.affine.grads[0].T, rtol=1e-10, atol=1e-13)
+    for k, step in enumerate(lm.rnns):
+        dWx, dWh, db = step.grads
+        np.testing.assert_allclose(rnn.grads[f"weight_ih_l{k}"], dWx.T, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(rnn.grads[f"weight_hh_l{k}"], dWh.T, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(rnn.grads[f"bias_ih_l{k}"], db[: dWx.shape[1]], rtol=1e-10, atol=1e-13)

@@ -351,7 +351,7 @@ def _stats(times) -> dict:
 
     ms = np.asarray(times) * 1e3
     q1, med, q3 = np.percentile(ms, [25, 50, 75])
-    return {"median_ms": float(med), "iqr_ms": float(q3 - q1), "n": len(ms)}
+    return {"median_ms": float(med), "iqr_ms": float(q3 - q1), "min_ms": float(ms.min()), "n": len(ms)}
 
 
 def run_case(config, cell, frameworks, args, reference) -> list[dict]:
