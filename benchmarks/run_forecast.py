@@ -7,7 +7,7 @@ from the true history up to it). On exactly those origins and targets it also sc
 
 - the seasonal-naive forecast ``y_{t+k-s*ceil(k/s)}`` (s = season; s = 1 is the naive last value);
 - a SARIMA model (statsmodels) on the same transformed series (log where the network
-  uses log), order chosen by AIC on the training part from a small grid, fitted once
+  uses log), order chosen by AIC on the training part from a small grid (``arima_grid``), fitted once
   (a) on the training part only — the data the network's weights saw — and
   (b) on training + validation; forecasts from each origin apply the fitted
   parameters to the history up to that origin (no refit).
@@ -67,10 +67,11 @@ def train_one(task: ForecastTask, epochs: int, lr: float, patience: int, clip: f
 
 # ---- ARIMA -------------------------------------------------------------------------------
 def arima_grid(season: int):
+    """(p, d, q) with p, q <= 2, d <= 1; seasonal none, (0,1,1), (1,1,1) or (1,0,1) (72 models at most)."""
     orders = [(p, d, q) for p, d, q in itertools.product(range(3), range(2), range(3))]
     seasonal = [(0, 0, 0, 0)]
     if season > 1:
-        seasonal += [(P, D, Q, season) for P, D, Q in itertools.product(range(2), range(2), range(2)) if P + D + Q]
+        seasonal += [(0, 1, 1, season), (1, 1, 1, season), (1, 0, 1, season)]
     return orders, seasonal
 
 

@@ -67,10 +67,12 @@ def test_gradcheck_loss(pooling):
     assert report.max_rel_error < 1e-6, str(report)
 
 
-@pytest.mark.parametrize("mode,dirs", [("last", 1), ("last", 2), ("mean", 1), ("max", 1), ("max", 2)])
-def test_gradcheck_pooling(mode, dirs):
+@pytest.mark.parametrize("mode,dirs,left", [("last", 1, False), ("last", 2, False), ("last", 2, True),
+                                             ("mean", 1, True), ("max", 1, False), ("max", 2, True)])
+def test_gradcheck_pooling(mode, dirs, left):
     y = np.random.default_rng(0).standard_normal((B, T, 4))
-    report = gradcheck(SequencePooling(mode, num_directions=dirs), (y, MASK))
+    mask = MASK[:, ::-1].copy() if left else MASK
+    report = gradcheck(SequencePooling(mode, num_directions=dirs), (y, mask))
     assert report.max_rel_error < 1e-7, str(report)
 
 
@@ -221,3 +223,15 @@ def test_trainer_run_and_reload_from_its_checkpoint(tmp_path):
     again = ClassifyTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert again.seed == 1 and again.config == cfg
     assert again.evaluate("test")["loss"] == pytest.approx(result["test_loss"])
+
+
+def test_left_padding_gives_the_same_prediction():
+    """Masked steps carry the state and are skipped by every pooling, wherever they sit."""
+    for pooling in ("last", "mean", "max"):
+        model = tiny_model("gru", pooling, True, dropout=0.0)
+        ids = np.random.default_rng(4).integers(2, V, size=(1, 6))
+        right = np.concatenate([ids, np.zeros((1, 3), dtype=ids.dtype)], axis=1)
+        left = np.concatenate([np.zeros((1, 3), dtype=ids.dtype), ids], axis=1)
+        mask_right = np.arange(9)[None] < 6
+        np.testing.assert_allclose(model.predict_proba(left, mask_right[:, ::-1].copy()),
+                                   model.predict_proba(right, mask_right), rtol=1e-5, atol=1e-7)

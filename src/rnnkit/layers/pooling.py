@@ -3,10 +3,10 @@
 Only valid steps count (``mask`` True), so a padded sequence pools to exactly what it
 would pool to alone:
 
-- ``last``: the output at each sequence's last valid step ``y[b, L_b - 1]``. For a
-  bidirectional output ``[forward | reverse]`` the reverse half is taken at ``t = 0``,
-  where the reverse direction has read the whole sequence: the pooled vector is the
-  final state of both directions.
+- ``last``: the output at each sequence's last valid step (``y[b, L_b - 1]`` for right
+  padding). For a bidirectional output ``[forward | reverse]`` the reverse half is taken
+  at the first valid step, where the reverse direction has read the whole sequence: the
+  pooled vector is the final state of both directions.
 - ``mean``: ``sum_t m[b, t] y[b, t] / L_b``.
 - ``max``: ``max_{t: m[b, t]} y[b, t, d]`` per feature; the gradient goes to the argmax step.
 """
@@ -55,11 +55,12 @@ class SequencePooling(Layer):
         rows = xp.arange(B)
         if self.mode == "last":
             H = D // self.num_directions
-            last = lengths - 1  # mask marks a valid prefix, so the last valid step is L - 1
+            last = T - 1 - mask[:, ::-1].argmax(axis=1)  # last valid step (L - 1 for right padding)
+            first = mask.argmax(axis=1)  # where the reverse direction has read everything
             out = y[rows, last].copy()
             if self.num_directions == 2:
-                out[:, H:] = y[:, 0, H:]
-            self._cache = (y.shape, last)
+                out[:, H:] = y[rows, first, H:]
+            self._cache = (y.shape, (last, first))
         elif self.mode == "mean":
             w = (mask / lengths[:, None]).astype(y.dtype)  # (B, T)
             out = xp.einsum("bt,btd->bd", w, y)
@@ -82,11 +83,12 @@ class SequencePooling(Layer):
         if self.mode == "last":
             dy = xp.zeros(shape, dtype=dout.dtype)
             H = D // self.num_directions
+            last, first = aux
             if self.num_directions == 2:
-                dy[rows, aux, :H] = dout[:, :H]
-                dy[:, 0, H:] += dout[:, H:]
+                dy[rows, last, :H] = dout[:, :H]
+                dy[rows, first, H:] += dout[:, H:]
             else:
-                dy[rows, aux] = dout
+                dy[rows, last] = dout
         elif self.mode == "mean":
             dy = aux[:, :, None] * dout[:, None, :]
         else:
