@@ -90,13 +90,17 @@ def list_presets() -> list[str]:
 def _task_name(argv: list[str]) -> str:
     """The task, known before the parser is built (its flags depend on it)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task")
-    pre.add_argument("--preset")
-    pre.add_argument("--config")
+    for flag in ("--task", "--preset", "--config", "--run-dir"):
+        pre.add_argument(flag)
+    pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
     if known.task:
         return known.task
-    for source in ([_preset(known.preset)] if known.preset else []) + ([_read_config_file(known.config)] if known.config else []):
+    sources = ([_preset(known.preset)] if known.preset else []) + ([_read_config_file(known.config)] if known.config else [])
+    if known.resume:
+        saved = Path(known.run_dir or "runs/latest") / "config.json"
+        sources += [_read_config_file(str(saved))] if saved.exists() else []
+    for source in sources:
         name = source.get("task", {}).get("name")
         if name:
             return name
@@ -119,15 +123,24 @@ def build_train_parser(task_cls, prog="rnnkit train") -> argparse.ArgumentParser
 
 
 def resolve_train_config(task_cls, args):
+    """(TrainConfig, task config): defaults < a resumed run's config.json < --preset < --config < flags."""
     from .train.trainer import TrainConfig
 
-    train, task = {}, {}
-    for source in ([_preset(args.preset)] if args.preset else []) + ([_read_config_file(args.config)] if args.config else []):
-        train = merge_overrides(train, source.get("train", {}))
-        section = {k: v for k, v in source.get("task", {}).items() if k != "name"}
-        task = merge_overrides(task, section)
-    train = merge_overrides(train, _collect(args, "train"))
-    task = merge_overrides(task, _collect(args, "task"))
+    sources = ([_preset(args.preset)] if args.preset else []) + ([_read_config_file(args.config)] if args.config else [])
+    flags = {"train": _collect(args, "train"), "task": _collect(args, "task")}
+
+    def merged(base: list[dict]) -> tuple[dict, dict]:
+        train, task = {}, {}
+        for source in base + sources + [flags]:
+            train = merge_overrides(train, source.get("train", {}))
+            task = merge_overrides(task, {k: v for k, v in source.get("task", {}).items() if k != "name"})
+        return train, task
+
+    train, task = merged([])
+    if getattr(args, "resume", False):
+        saved = Path(train.get("run_dir", TrainConfig.run_dir)) / "config.json"
+        if saved.exists():  # resume needs no flags beyond --run-dir
+            train, task = merged([_read_config_file(str(saved))])
     return from_dict(TrainConfig, train, where="train"), from_dict(task_cls.config_class, task, where="task")
 
 
@@ -167,8 +180,8 @@ def cmd_generate(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     model = _load_lm(args.checkpoint)
     sys.stdout.write(args.prime)
-    for piece in generate(model, args.prime, args.tokens, args.temperature, args.top_k, args.top_p,
-                          args.greedy, args.seed):
+    for piece in generate(model, args.prime, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, greedy=args.greedy, seed=args.seed):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -229,7 +242,7 @@ def cmd_demo(argv: list[str]) -> int:
     from .train.trainer import TrainConfig
 
     train_config = from_dict(TrainConfig, train, where="train")
-    task_config = from_dict(LMTaskConfig, preset["task"], where="task")
+    task_config = from_dict(LMTaskConfig, {k: v for k, v in preset["task"].items() if k != "name"}, where="task")
     print("rnnkit demo: a character-level LSTM learns tiny Shakespeare (bundled, 1.1 MB) on this CPU.")
     print(f"budget {train_config.time_budget / 60:.1f} min; outputs in {args.run_dir}/ (checkpoints, metrics.csv, loss.png)")
     started = time.perf_counter()
@@ -278,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as exc:  # ConfigError, CheckpointError are ValueErrors
         print(f"rnnkit {command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .train.trainer import DivergenceError
+
+        if not isinstance(exc, DivergenceError):
+            raise
+        print(f"rnnkit {command}: diverged: {exc}\n  the last checkpoint is intact; try a lower --lr, a smaller "
+              "--clip, or --on-divergence rollback", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"\nrnnkit {command}: interrupted; the last checkpoint (if any) is intact", file=sys.stderr)
         return 130

@@ -1,82 +1,136 @@
-"""Text generation: feed each prediction back in.
+"""Text generation from a language model: feed each prediction back in.
 
-Sampling rules act on one row of logits ``z`` (V,):
+The sampling rules are pure functions of one row of logits ``z`` (V,):
 
 - greedy:       ``argmax z``
-- temperature:  sample from ``softmax(z / tau)`` (tau < 1 sharper, > 1 flatter)
+- temperature:  sample from ``softmax(z / tau)`` (tau < 1 sharper, tau > 1 flatter)
 - top-k:        keep the k largest logits, renormalise, sample (k = 1 is greedy)
 - top-p:        keep the smallest set of most likely tokens whose probability reaches p
                 (nucleus sampling, Holtzman et al. 2020), renormalise, sample
+
+They compose in that order (temperature, then top-k, then top-p), as in most libraries.
+Randomness comes only from the ``numpy.random.Generator`` passed in, so a seed fixes the text.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 
 from . import backend
-from .data.text import detokenize, tokenize
+from .data.text import tokenize
 from .data.vocab import Vocab
+
+
+# --------------------------------------------------------------------------- rules on logits (V,)
+def _row(logits) -> np.ndarray:
+    z = np.asarray(backend.to_numpy(logits), dtype=np.float64)
+    if z.ndim != 1 or z.size == 0:
+        raise ValueError(f"logits of shape {z.shape}; expected one row (V,) with V >= 1")
+    return z
+
+
+def greedy(logits) -> int:
+    """The most likely token: ``argmax z`` (the first one on ties)."""
+    return int(np.argmax(_row(logits)))
+
+
+_argmax = greedy  # sample_next's ``greedy`` flag shadows the name
+
+
+def apply_temperature(logits, temperature: float) -> np.ndarray:
+    """``z / tau``; tau must be > 0 (use :func:`greedy` for the tau -> 0 limit)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature {temperature}; expected > 0 (use greedy for argmax)")
+    return _row(logits) / temperature
+
+
+def top_k_filter(logits, k: int) -> np.ndarray:
+    """Logits with all but the ``k`` largest set to -inf (k = 0 or k >= V: unchanged; ties kept)."""
+    z = _row(logits)
+    if k < 0:
+        raise ValueError(f"top_k {k}; expected k >= 0 (0: off)")
+    if 0 < k < z.size:
+        kth = np.partition(z, -k)[-k]
+        z = np.where(z >= kth, z, -np.inf)
+    return z
+
+
+def softmax(logits) -> np.ndarray:
+    """Probabilities ``exp(z - max z) / sum``; -inf logits get probability 0."""
+    z = _row(logits)
+    p = np.exp(z - z.max())
+    return p / p.sum()
+
+
+def top_p_filter(logits, p: float) -> np.ndarray:
+    """Logits outside the nucleus set to -inf: the nucleus is the smallest set of most likely
+    tokens whose total probability is >= p (p = 1: unchanged)."""
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p {p}; expected 0 < p <= 1")
+    z = _row(logits)
+    if p >= 1.0:
+        return z
+    probs = softmax(z)
+    order = np.argsort(-probs, kind="stable")
+    cumulative = np.cumsum(probs[order])
+    keep = order[: int(np.searchsorted(cumulative, p)) + 1]
+    out = np.full_like(z, -np.inf)
+    out[keep] = z[keep]
+    return out
 
 
 def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0, greedy: bool = False) -> int:
-    """Pick the next token id from ``logits`` (V,) by the rule the arguments select."""
-    z = np.asarray(backend.to_numpy(logits), dtype=np.float64).reshape(-1)
+    """The next token id from ``logits`` (V,) by the rule the arguments select (module docstring)."""
     if greedy or top_k == 1:
-        return int(np.argmax(z))
-    if not temperature > 0:
-        raise ValueError(f"temperature {temperature}; expected > 0 (use greedy=True for argmax)")
-    if top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"top_k {top_k}, top_p {top_p}; expected top_k >= 0 and 0 < top_p <= 1")
-    z = z / temperature
-    if 0 < top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cumulative = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p) + 1)]  # smallest prefix reaching top_p
-        mask = np.zeros_like(p, dtype=bool)
-        mask[keep] = True
-        p = np.where(mask, p, 0.0)
-        p /= p.sum()
-    return int(rng.choice(p.size, p=p))
+        return _argmax(logits)
+    z = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
+    probs = softmax(z)
+    return int(rng.choice(probs.size, p=probs))
 
 
+# --------------------------------------------------------------------------- the loop
 def encode_prime(vocab: Vocab, prime: str, level: str) -> np.ndarray:
-    """Token ids of the prime text; unknown tokens map to ``<unk>`` when the vocabulary has it.
+    """Token ids (N,) of the prime text.
 
-    Without ``<unk>`` an unknown token is a ValueError naming every unknown one.
+    Tokens the vocabulary lacks map to ``<unk>`` when it has one (with a warning naming
+    them); without ``<unk>`` they are a ValueError naming every unknown token.
     """
     tokens = tokenize(prime, level)
     if not tokens:
-        raise ValueError("prime text is empty; need at least one token to start from")
+        raise ValueError(f"prime text {prime!r} has no {level} tokens; need at least one to start from")
     unknown = sorted({t for t in tokens if t not in vocab})
     if unknown and vocab.unk_id is None:
-        raise ValueError(f"prime contains tokens not in the vocabulary: {unknown[:10]!r}; expected only "
+        raise ValueError(f"prime contains tokens not in the vocabulary: {unknown[:20]!r}; expected only "
                          f"tokens the model was trained on")
+    if unknown:
+        warnings.warn(f"prime tokens not in the vocabulary, read as <unk>: {unknown[:20]!r}", stacklevel=3)
     return vocab.encode(tokens)
 
 
 def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              greedy: bool = False, seed: int | None = None) -> Iterator[str]:
-    """Stream ``num_tokens`` generated tokens (as text pieces) from a LanguageModel.
+    """Stream ``num_tokens`` generated tokens, as text pieces, from a :class:`LanguageModel`.
 
-    The prime is read in one forward pass; then each sampled token is fed back in, one
-    step at a time, carrying the recurrent state. Word-level pieces come with a leading
-    space (``<eos>`` becomes a newline) so ``"".join`` reads naturally.
+    The prime is read in one forward pass from a zero state; then each sampled token is
+    fed back in with ``model.step``, carrying the recurrent state. Pieces are yielded as
+    they are produced. Word level: each word comes with a leading space and ``<eos>``
+    becomes a newline, so ``prime + "".join(pieces)`` reads naturally. The same ``seed``
+    (and model) gives the same text; the model's training carry is left untouched.
     """
     if num_tokens < 0:
         raise ValueError(f"num_tokens {num_tokens}; expected >= 0")
-    vocab = Vocab.from_dict(model.vocab)
-    level = model.config.level
+    # check the rule's arguments before any work (a bad value should not wait for a forward)
+    if not greedy and top_k != 1:
+        top_p_filter(top_k_filter(apply_temperature(np.zeros(1), temperature), top_k), top_p)
+    if model.vocab is None:
+        raise ValueError("the model has no vocabulary; it cannot read a prime or write text")
+    vocab, level = Vocab.from_dict(model.vocab), model.config.level
     rng = np.random.default_rng(seed)
     ids = encode_prime(vocab, prime, level)
-    xp = model.xp
-    logits, state = model.predict(xp.asarray(ids[None, :]))
+    logits, state = model.predict(model.xp.asarray(ids[None, :]))
     last = logits[0, -1]
     for _ in range(num_tokens):
         token = sample_next(last, rng, temperature, top_k, top_p, greedy)
@@ -84,6 +138,6 @@ def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k
         if level == "word":
             yield "\n" if piece == "<eos>" else " " + piece
         else:
-            yield detokenize([piece], "char")
-        logits, state = model.predict(xp.asarray([[token]]), state)
-        last = logits[0, -1]
+            yield piece
+        step_logits, state = model.step(np.array([token]), state)
+        last = step_logits[0]

@@ -7,6 +7,13 @@
 
 Attribute names follow PyTorch's word_language_model example (``encoder``, ``rnn``,
 ``decoder``), so its state_dicts map 1:1 (see ``rnnkit.interop``).
+
+Tied weights (``tie_weights=True``, Press & Wolf 2017): the decoder's weight *is* the
+embedding matrix, one array with one gradient buffer into which both uses accumulate
+(``dE = dE_embedding + dW_decoder``). ``named_parameters()``/``state_dict()`` yield it once,
+as ``encoder.weight``, so the optimizer steps it once and a checkpoint stores it once;
+``load_state_dict`` also accepts PyTorch's state_dict, which lists it twice
+(``encoder.weight`` and ``decoder.weight``), after checking that the two are equal.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 @dataclass
 class LanguageModelConfig:
-    vocab_size: int = 0
+    vocab_size: int = field(default=0, metadata={"help": "number of tokens V (set from the vocabulary)"})
     level: str = field(default="char", metadata={"help": "char | word"})
     cell: str = field(default="lstm", metadata={"help": "rnn | lstm | gru"})
     nonlinearity: str = field(default="tanh", metadata={"help": "tanh | relu (vanilla rnn only)"})
@@ -108,7 +115,28 @@ class LanguageModel(Model):
 
     # -- state ---------------------------------------------------------------------------------
     def reset_state(self) -> None:
+        """Forget the state carried between ``forward`` calls (next call starts from zeros)."""
         self.rnn.reset_state()
+
+    def carried_state(self) -> dict:
+        """The carried state as named arrays (``h`` (L, B, H), LSTM also ``c``); {} if none.
+
+        The trainer stores it in mid-epoch checkpoints so a resumed run continues each
+        stream from where it stopped.
+        """
+        state = self.rnn.state
+        if state is None:
+            return {}
+        return {"h": state[0], "c": state[1]} if isinstance(state, tuple) else {"h": state}
+
+    def set_carried_state(self, arrays: dict) -> None:
+        """Inverse of :meth:`carried_state`."""
+        if not arrays:
+            self.rnn.reset_state()
+            return
+        xp, dtype = self.xp, self.encoder.params["weight"].dtype
+        h = xp.asarray(arrays["h"], dtype=dtype)
+        self.rnn._state = (h, xp.asarray(arrays["c"], dtype=dtype)) if "c" in arrays else h
 
     # -- forward / backward --------------------------------------------------------------------
     def forward(self, ids):
@@ -147,3 +175,15 @@ class LanguageModel(Model):
         finally:
             self.rnn._state, self.rnn._cache = carried, None
             self.train(was_training)
+
+    def step(self, ids, state=None):
+        """One token per stream: ``ids`` (B,) -> (logits (B, V), state) from ``state`` (None: zeros).
+
+        For generation: feed each prediction back in with the returned state. Eval mode;
+        the training carry is left untouched (see :meth:`predict`).
+        """
+        ids = self.xp.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"ids have shape {ids.shape}; expected (B,) token ids, one per stream")
+        logits, state = self.predict(ids[:, None], state)
+        return logits[:, 0], state

@@ -25,7 +25,8 @@ from ..models.language_model import LanguageModel, LanguageModelConfig
 class LMTaskConfig:
     corpus: str = field(default="tinyshakespeare", metadata={
         "help": "tinyshakespeare (bundled) | ptb | path to a UTF-8 text file"})
-    data_dir: str = field(default="", metadata={"help": "folder holding ptb/ (default: $RNNKIT_DATA or ../shared/data)"})
+    data_dir: str = field(default="", metadata={"help": "folder holding ptb/ (default: $RNNKIT_DATA, else "
+                                                        "../shared/data beside the current folder)"})
     level: str = field(default="", metadata={"help": "char | word (default: the corpus's own; char for text files)"})
     min_freq: int = field(default=1, metadata={"help": "drop tokens seen fewer times from the vocabulary"})
     max_size: int = field(default=0, metadata={"help": "keep at most this many tokens in the vocabulary (0: all)"})
@@ -73,7 +74,8 @@ class LanguageModelTask:
     name = "lm"
     config_class = LMTaskConfig
     main_metric = "val_loss"
-    reports_perplexity = True
+    reports_perplexity = True  # the progress bar shows exp(loss)
+    unit = "tok"  # train_loss counts tokens: the trainer reports tok/s
 
     def __init__(self, config: LMTaskConfig, corpus, seed: int = 0, model: LanguageModel | None = None):
         self.config, self.corpus, self.seed = config, corpus, seed
@@ -112,6 +114,7 @@ class LanguageModelTask:
         self.model.reset_state()
 
     def train_batches(self, epoch: int):
+        """The same chunks every epoch, in stream order (the carried state needs that order)."""
         xp = self.model.xp
         for x, y in self.train_stream:
             yield xp.asarray(x), xp.asarray(y)
@@ -142,8 +145,7 @@ def evaluate_ids(model: LanguageModel, ids: np.ndarray, batch_size: int, bptt: i
     """
     if max_tokens:
         ids = ids[: max_tokens + 1]
-    batch_size = max(1, min(batch_size, (len(ids) - 1) // 1))
-    stream = TBPTTBatcher(ids, batch_size, bptt)
+    stream = TBPTTBatcher(ids, max(1, min(batch_size, len(ids) - 1)), bptt)
     xp = model.xp
     total, count, state = 0.0, 0, None
     for x, y in stream:

@@ -1,18 +1,39 @@
 """The training loop, shared by every task.
 
-Reads top to bottom: for each epoch, for each batch: forward (``task.train_loss``),
-backward, check for divergence, clip, step, log; then evaluate, schedule, checkpoint,
-early-stop. It knows nothing of language models or seq2seq: the :class:`Task` does.
+``Trainer.fit`` reads top to bottom. For each epoch: ``task.start_epoch`` (a language
+model resets its carried state), then for each batch: forward (``task.train_loss``),
+backward, check for NaN/inf, clip (the norm before clipping is logged), optimizer step,
+log; then evaluate the validation split, step the learning-rate schedule on the main
+metric, checkpoint (last + best), early-stop. At the end the best weights are evaluated
+on the test split. The trainer knows nothing of language models or seq2seq: the task does
+(:mod:`rnnkit.train.task`).
 
-Checkpoints (``run_dir/checkpoints``) hold the weights, the optimizer and schedule state,
-the epoch, the best metric and every random stream (data order, dropout), written
-atomically at each epoch end, so ``resume=True`` continues exactly as an uninterrupted
-run would have.
+Exact resume. A checkpoint (``run_dir/checkpoints/ckpt-<step>.safetensors``, written
+atomically) holds the weights, the optimizer's and schedule's state, the counters (epoch,
+batches done in it, step, the epoch's running loss sums, best metric, patience), every
+random stream (``numpy.random.Generator`` state of the task and of every layer, e.g.
+dropout) and, mid-epoch, the model's carried recurrent state (``model.carried_state()``).
+``fit(resume=True)`` restores all of it and skips the batches of the current epoch that
+were already done, so the run continues as if never stopped: the same data order, random
+draws and learning rates, hence the same metrics. This needs ``task.train_batches(epoch)``
+to depend only on the seed and the epoch (all rnnkit tasks draw their order from
+``default_rng([seed, epoch])``). Checkpoints are written at each epoch end, every
+``checkpoint_every`` steps, and when a step or time budget stops the run.
+
+Divergence. A non-finite loss or gradient stops the step before the weights change, with
+a :class:`DivergenceError` naming the step and the parameters involved;
+``on_divergence="rollback"`` instead reloads the last checkpoint's weights and optimizer
+state, halves the learning rate, resets the carried state and goes on with the next batch
+(at most ``max_rollbacks`` times).
+
+Files in ``run_dir``: ``config.json`` (resolved config), ``metrics.jsonl`` (every logged
+row), ``metrics.csv`` (one row per epoch), ``loss.png`` (needs matplotlib), ``result.json``.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import time
@@ -22,12 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, optim
-from ..checkpoint import CheckpointManager, load_checkpoint, write_json_atomic
+from ..checkpoint import CheckpointManager, load_checkpoint, write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..models.base import TRAINER_PREFIX
+
+CARRY_PREFIX = TRAINER_PREFIX + "carry."  # the model's carried state inside a mid-epoch checkpoint
 
 
 class DivergenceError(RuntimeError):
-    """The loss or a gradient became NaN/inf."""
+    """The loss or a gradient became NaN/inf; the weights were left as they were."""
 
 
 @dataclass
@@ -39,23 +62,28 @@ class TrainConfig:
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (SGD)"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 (sgd, adam) or decoupled (adamw) weight decay"})
     clip: float = field(default=5.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
-    schedule: str = field(default="none", metadata={"help": "none | plateau | step | cosine"})
-    lr_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this when valid stalls; step: gamma"})
-    lr_patience: int = field(default=0, metadata={"help": "plateau: epochs without improvement before decay"})
+    schedule: str = field(default="none", metadata={"help": "learning-rate schedule: none | plateau | step | cosine"})
+    lr_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this when validation stalls; "
+                                                             "step: multiply every lr_step_size epochs"})
+    lr_patience: int = field(default=0, metadata={"help": "plateau: epochs without improvement before a decay"})
     lr_step_size: int = field(default=1, metadata={"help": "step: epochs between decays"})
     warmup_steps: int = field(default=0, metadata={"help": "cosine: linear warm-up steps"})
-    min_lr: float = field(default=0.0, metadata={"help": "floor of the learning rate"})
+    min_lr: float = field(default=0.0, metadata={"help": "floor of the learning rate (plateau, cosine)"})
     early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed of every random stream (init, data order, dropout)"})
     run_dir: str = field(default="runs/latest", metadata={"help": "where checkpoints, metrics and figures go"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "epoch checkpoints to keep (plus best)"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "numbered checkpoints to keep (plus best)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every this many steps (0: epoch ends only)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps in all (0: no limit)"})
     time_budget: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0: no limit)"})
-    log_every: int = field(default=50, metadata={"help": "write a train metrics line every this many steps"})
-    on_divergence: str = field(default="stop", metadata={"help": "stop | rollback (to the last checkpoint, halving lr)"})
+    log_every: int = field(default=50, metadata={"help": "write a train metrics row every this many steps"})
+    on_divergence: str = field(default="stop", metadata={"help": "NaN/inf loss or gradient: stop | rollback (to the "
+                                                                 "last checkpoint, halving lr)"})
+    max_rollbacks: int = field(default=3, metadata={"help": "rollback: give up after this many"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     eval_test: bool = field(default=True, metadata={"help": "evaluate the best weights on the test split at the end"})
-    overwrite: bool = field(default=False, metadata={"help": "start afresh even if run_dir holds an earlier run's checkpoints"})
+    overwrite: bool = field(default=False, metadata={"help": "start afresh even if run_dir holds an earlier run's "
+                                                             "checkpoints (they are deleted)"})
 
     def __post_init__(self):
         choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "plateau", "step", "cosine"),
@@ -67,6 +95,17 @@ class TrainConfig:
             raise ValueError(f"epochs {self.epochs}; expected >= 1")
         if not self.lr > 0:
             raise ValueError(f"lr {self.lr}; expected > 0")
+        for name in ("max_steps", "checkpoint_every", "early_stopping", "max_rollbacks", "lr_patience",
+                     "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}; expected >= 0")
+        for name in ("keep_checkpoints", "log_every", "lr_step_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}; expected >= 1")
+
+
+def _show(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def make_optimizer(model, config: TrainConfig):
@@ -78,18 +117,19 @@ def make_optimizer(model, config: TrainConfig):
 
 
 def make_schedule(opt, config: TrainConfig, steps_per_epoch: int):
+    """None, or a schedule stepped per epoch (plateau, step) or per optimizer step (cosine)."""
     if config.schedule == "plateau":
         return optim.ReduceLROnPlateau(opt, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr)
     if config.schedule == "step":
         return optim.StepLR(opt, step_size=config.lr_step_size, gamma=config.lr_factor)
     if config.schedule == "cosine":
-        return optim.CosineLR(opt, total_steps=max(1, config.epochs * steps_per_epoch),
-                              warmup_steps=config.warmup_steps, min_lr=config.min_lr)
+        total = config.max_steps or config.epochs * steps_per_epoch
+        return optim.CosineLR(opt, total_steps=max(1, total), warmup_steps=config.warmup_steps, min_lr=config.min_lr)
     return None
 
 
 def random_streams(task) -> list[np.random.Generator]:
-    """Every Generator a run draws from: the task's (data order) and each layer's (dropout), in a fixed order."""
+    """Every Generator a run draws from: the task's (``task.rng``) and each layer's (dropout), in a fixed order."""
     streams = [g for g in (getattr(task, "rng", None),) if isinstance(g, np.random.Generator)]
     seen = {id(g) for g in streams}
     for module in task.model.modules():
@@ -101,186 +141,250 @@ def random_streams(task) -> list[np.random.Generator]:
 
 
 class Trainer:
-    """Train ``task.model`` on ``task`` with ``config``; ``fit()`` returns the final metrics."""
+    """Train ``task.model`` on ``task`` with ``config``; ``fit()`` returns the final metrics.
 
-    def __init__(self, task, config: TrainConfig, task_config=None):
+    ``task_config`` (the task's dataclass) is only recorded in ``config.json``.
+    ``callbacks``: objects with optional ``on_step(trainer, row)`` (after each logged train
+    row) and ``on_epoch_end(trainer, row)`` methods.
+    """
+
+    def __init__(self, task, config: TrainConfig, task_config=None, callbacks=()):
         self.task, self.config, self.task_config = task, config, task_config
+        self.callbacks = list(callbacks)
         self.model = task.model
         self.run_dir = Path(config.run_dir)
         self.optimizer = make_optimizer(self.model, config)
         self.schedule = make_schedule(self.optimizer, config, task.num_train_batches())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep=config.keep_checkpoints)
-        self.epoch = 0  # epochs completed
+        self.unit = getattr(task, "unit", "items")  # what train_loss counts: "tok" for a language model
+        # counters; all of them go into every checkpoint
+        self.epoch = 0  # the epoch in progress (= epochs completed, between epochs)
+        self.batch_index = 0  # batches of the current epoch already done
         self.step = 0  # optimizer steps taken
+        self.sum_loss = self.sum_count = 0.0  # running sums of the current epoch's train loss
         self.best = math.inf
         self.bad_epochs = 0
         self.rollbacks = 0
         self.history: list[dict] = []
+        self._carry = None  # carried state to restore once the resumed epoch has started
+        self._started = self._plotted = time.perf_counter()
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         cfg, task = self.config, self.task
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.resume()
-        else:
+        if not (resume and self.resume()):
             self._start_fresh()
         self._write_config()
-        start = time.perf_counter()
-        stop_reason = None
+        self._started = time.perf_counter()
+        stop_reason = self._budget_spent()
         while self.epoch < cfg.epochs and stop_reason is None:
-            epoch = self.epoch
+            epoch, skip = self.epoch, self.batch_index
             task.start_epoch(epoch)
+            self._restore_carry()
             self.model.train()
-            bar = self._progress(epoch)
-            sum_loss = sum_count = 0.0
-            t0, tokens = time.perf_counter(), 0
-            for batch in task.train_batches(epoch):
+            bar = self._progress(epoch, skip)
+            t0, items = time.perf_counter(), 0
+            for index, batch in enumerate(task.train_batches(epoch)):
+                if index < skip:  # resumed mid-epoch: done before the checkpoint
+                    continue
+                stop_reason = self._budget_spent()
+                if stop_reason:
+                    break
+                self.batch_index = index + 1
                 self.model.zero_grad()
                 loss, count = task.train_loss(batch)
                 task.backward()
                 try:
-                    norm = self._check_step(loss)
+                    norm = self._check_and_clip(loss)
                 except DivergenceError as exc:
                     if cfg.on_divergence == "stop" or not self._rollback(exc):
                         raise
                     continue
                 self.optimizer.step()
-                if self.schedule is not None and cfg.schedule == "cosine":
+                if cfg.schedule == "cosine":
                     self.schedule.step()
                 self.step += 1
-                sum_loss, sum_count, tokens = sum_loss + loss * count, sum_count + count, tokens + count
-                rate = tokens / max(time.perf_counter() - t0, 1e-9)
+                self.sum_loss, self.sum_count = self.sum_loss + loss * count, self.sum_count + count
+                items += count
+                rate = items / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(self._postfix(loss, rate, norm), refresh=False)
                 if self.step % cfg.log_every == 0:
                     self._log({"split": "train", "epoch": epoch, "step": self.step, "loss": loss,
-                               "grad_norm": norm, "lr": self.optimizer.lr, "items_per_s": rate})
-                if cfg.max_steps and self.step >= cfg.max_steps:
-                    stop_reason = f"max_steps {cfg.max_steps} reached"
-                elif cfg.time_budget and time.perf_counter() - start > cfg.time_budget:
-                    stop_reason = f"time budget {cfg.time_budget:g}s reached"
-                if stop_reason:
-                    break
+                               "grad_norm": norm, "lr": self.optimizer.lr, f"{self.unit}_per_s": rate},
+                              hook="on_step")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save()
             if bar is not None:
                 bar.close()
-            train_loss = sum_loss / max(sum_count, 1)
+            complete = stop_reason is None
+            seconds = time.perf_counter() - t0
             metrics = {f"val_{k}": v for k, v in task.evaluate("valid").items()}
-            row = {"split": "epoch", "epoch": epoch, "step": self.step, "train_loss": train_loss,
-                   "lr": self.optimizer.lr, "seconds": time.perf_counter() - t0,
-                   "items_per_s": tokens / max(time.perf_counter() - t0, 1e-9), **metrics}
-            self._log(row)
+            current = metrics.get(task.main_metric, self.sum_loss / max(self.sum_count, 1))
+            row = {"split": "epoch", "epoch": epoch, "step": self.step, "complete": complete,
+                   "train_loss": self.sum_loss / max(self.sum_count, 1), "lr": self.optimizer.lr,
+                   "seconds": seconds, f"{self.unit}_per_s": items / max(seconds, 1e-9), **metrics}
+            self._log(row, hook="on_epoch_end")
             self._print_epoch(row)
-            if self.schedule is not None and cfg.schedule in ("plateau", "step"):
-                self.schedule.step(metrics.get(task.main_metric, train_loss))
-            current = metrics.get(task.main_metric, train_loss)
             improved = current < self.best
             if improved:
-                self.best, self.bad_epochs = current, 0
-            else:
-                self.bad_epochs += 1
-            self.epoch += 1
+                self.best = current
+            if complete:  # a stop mid-epoch leaves the schedule and the patience to the resumed run
+                if cfg.schedule in ("plateau", "step"):
+                    self.schedule.step(current)
+                self.bad_epochs = 0 if improved else self.bad_epochs + 1
+                self.epoch, self.batch_index, self.sum_loss, self.sum_count = epoch + 1, 0, 0.0, 0.0
             self.save(best=improved)
-            self._plot()
-            if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
+            if time.perf_counter() - self._plotted > 30:  # a figure costs ~0.5 s: not after every short epoch
+                self._plot()
+            if complete and cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
                 stop_reason = f"no improvement of {task.main_metric} for {self.bad_epochs} epochs"
+            elif complete and self.epoch < cfg.epochs:
+                stop_reason = self._budget_spent()
         if stop_reason:
             print(f"stopped: {stop_reason}")
-        result = {"best_" + task.main_metric: self.best, "epochs": self.epoch, "steps": self.step}
-        if cfg.eval_test:
+        self._plot()
+        return self._finish()
+
+    def _finish(self) -> dict:
+        """Test metrics of the best weights; result.json."""
+        result = {"best_" + self.task.main_metric: self.best, "epochs": self.epoch, "steps": self.step}
+        if self.config.eval_test:
             best = self.checkpoints.best()
             if best is not None:
                 self._load_weights(best)
-            test = task.evaluate("test")
+            test = self.task.evaluate("test")
             if test:
-                row = {"split": "test", "epoch": self.epoch, "step": self.step, **{f"test_{k}": v for k, v in test.items()}}
+                row = {"split": "test", "epoch": self.epoch, "step": self.step,
+                       **{f"test_{k}": v for k, v in test.items()}}
                 self._log(row)
                 result.update(row)
-                print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.items()))
+                print("test: " + ", ".join(f"{k} {_show(v)}" for k, v in test.items()))
         write_json_atomic(self.run_dir / "result.json", result)
         return result
 
+    def _budget_spent(self) -> str | None:
+        cfg = self.config
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return f"max_steps {cfg.max_steps} reached"
+        if cfg.time_budget and time.perf_counter() - self._started > cfg.time_budget:
+            return f"time budget {cfg.time_budget:g}s reached"
+        return None
+
     # -- one step's checks ---------------------------------------------------------------------
-    def _check_step(self, loss: float) -> float:
-        """Clip, and stop the step if the loss or any gradient is NaN/inf (naming the parameter)."""
+    def _where(self) -> str:
+        return f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch_index})"
+
+    def _non_finite(self, which: str) -> list[str]:
+        """Names of parameters (which="param") or gradients (which="grad") holding NaN/inf."""
+        bad = []
+        for name, p, g in self.model.named_parameters():
+            a = p if which == "param" else g
+            if not bool(backend.get_array_module(a).isfinite(a).all()):
+                bad.append(name)
+        return bad
+
+    def _check_and_clip(self, loss: float) -> float:
+        """Clip; stop the step (DivergenceError) if the loss or any gradient is NaN/inf."""
         if not math.isfinite(loss):
-            raise DivergenceError(f"step {self.step + 1} (epoch {self.epoch}): loss is {loss}")
+            bad = self._non_finite("param")
+            cause = f"non-finite weights in {', '.join(bad[:5])}" if bad else "weights finite: the forward overflowed"
+            raise DivergenceError(f"{self._where()}: loss is {loss} ({cause}); weights left unchanged")
         norm = optim.clip_grad_norm(self.model, self.config.clip or None)
         if not math.isfinite(norm):
-            bad = [name for name, _, g in self.model.named_parameters()
-                   if not bool(backend.get_array_module(g).isfinite(g).all())]
-            raise DivergenceError(f"step {self.step + 1} (epoch {self.epoch}): non-finite gradient in "
-                                  f"{', '.join(bad[:5])}; weights left unchanged")
+            bad = self._non_finite("grad")
+            raise DivergenceError(f"{self._where()}: non-finite gradient in {', '.join(bad[:5]) or '?'} "
+                                  f"(norm {norm}); weights left unchanged")
         return norm
 
     def _rollback(self, exc: DivergenceError) -> bool:
-        """Restore the last good checkpoint and halve the learning rate (at most 3 times)."""
+        """Reload the last checkpoint's weights and optimizer, halve lr, reset the carried state."""
         path = self.checkpoints.latest()
-        if path is None or self.rollbacks >= 3:
+        if path is None or self.rollbacks >= self.config.max_rollbacks:
+            print(f"{exc}; cannot roll back ({'no checkpoint yet' if path is None else 'too many rollbacks'})")
             return False
         self.rollbacks += 1
         lr = self.optimizer.lr * 0.5
         self._load_weights(path, with_optimizer=True)
         self.optimizer.lr = lr
-        print(f"{exc}; rolled back to {path.name}, lr -> {lr:g}")
+        if hasattr(self.model, "reset_state"):
+            self.model.reset_state()  # the carried state may hold the NaNs
+        print(f"{exc}; rolled back to {path.name} ({self.rollbacks}/{self.config.max_rollbacks}), lr -> {lr:g}")
+        self._log({"split": "rollback", "epoch": self.epoch, "step": self.step, "lr": lr, "message": str(exc)})
         return True
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        state = {"epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
-                 "rollbacks": self.rollbacks, "optimizer": self.optimizer.state_dict()["scalars"],
-                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
-                 "rng": [g.bit_generator.state for g in random_streams(self.task)]}
-        return state
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "step": self.step,
+                "sum_loss": self.sum_loss, "sum_count": self.sum_count, "best": self.best,
+                "bad_epochs": self.bad_epochs, "rollbacks": self.rollbacks,
+                "optimizer": self.optimizer.state_dict()["scalars"],
+                "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "rng": [g.bit_generator.state for g in random_streams(self.task)]}
 
     def save(self, best: bool = False):
+        """Write ``ckpt-<step>.safetensors`` (and ``best.safetensors``) with everything resume needs."""
         extra = self.task.extra_meta() if hasattr(self.task, "extra_meta") else {}
         meta = {**extra, "train_config": dataclasses.asdict(self.config), "trainer": self._trainer_state()}
         tensors, payload = self.model.checkpoint_payload(meta)
         for key, value in self.optimizer.state_dict()["tensors"].items():
             tensors[TRAINER_PREFIX + key] = backend.to_numpy(value)
-        return self.checkpoints.save(self.epoch, tensors, payload, best=best)
+        if self.batch_index and hasattr(self.model, "carried_state"):
+            for key, value in self.model.carried_state().items():
+                tensors[CARRY_PREFIX + key] = backend.to_numpy(value)
+        return self.checkpoints.save(self.step, tensors, payload, best=best)
 
     def _load_weights(self, path, with_optimizer: bool = False) -> dict:
         tensors, meta = load_checkpoint(path)
         own = {n for n, _, _ in self.model.named_parameters()}
         self.model.load_state_dict({n: v for n, v in tensors.items() if n in own})
         if with_optimizer:
-            trainer = meta["trainer"]
-            opt_tensors = {n[len(TRAINER_PREFIX):]: v for n, v in tensors.items() if n.startswith(TRAINER_PREFIX)}
-            self.optimizer.load_state_dict({"scalars": trainer["optimizer"], "tensors": opt_tensors})
+            opt_tensors = {n[len(TRAINER_PREFIX):]: v for n, v in tensors.items()
+                           if n.startswith(TRAINER_PREFIX) and not n.startswith(CARRY_PREFIX)}
+            self.optimizer.load_state_dict({"scalars": meta["trainer"]["optimizer"], "tensors": opt_tensors})
+            self._carry = {n[len(CARRY_PREFIX):]: v for n, v in tensors.items() if n.startswith(CARRY_PREFIX)}
         return meta
+
+    def _restore_carry(self) -> None:
+        if self._carry and self.batch_index and hasattr(self.model, "set_carried_state"):
+            self.model.set_carried_state(self._carry)
+        self._carry = None
 
     def _start_fresh(self) -> None:
         """Refuse to mix a new run into an old one's files unless asked to overwrite them."""
         old = self.checkpoints.checkpoints() + [p for p in (self.checkpoints.best(),) if p is not None]
         if old and not self.config.overwrite:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints of a run ({old[-1].name}); "
-                                  "pass resume to continue it, overwrite to start afresh, or another run_dir")
+                                  "resume to continue it, overwrite to start afresh, or choose another run_dir")
         for path in old:
             path.unlink()
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for name in ("metrics.jsonl", "metrics.csv", "loss.png", "result.json"):
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def resume(self) -> bool:
-        """Continue from the latest checkpoint in run_dir (weights, optimizer, schedule, RNG, counters)."""
+        """Load the latest checkpoint in run_dir: weights, optimizer, schedule, counters, RNG, carry."""
         path = self.checkpoints.latest()
         if path is None:
             print(f"no checkpoint in {self.run_dir / 'checkpoints'}; starting fresh")
             return False
         meta = self._load_weights(path, with_optimizer=True)
         t = meta["trainer"]
-        self.epoch, self.step, self.best = int(t["epoch"]), int(t["step"]), float(t["best"])
-        self.bad_epochs, self.rollbacks = int(t["bad_epochs"]), int(t["rollbacks"])
+        self.epoch, self.batch_index, self.step = int(t["epoch"]), int(t["batch_index"]), int(t["step"])
+        self.sum_loss, self.sum_count = float(t["sum_loss"]), float(t["sum_count"])
+        self.best, self.bad_epochs, self.rollbacks = float(t["best"]), int(t["bad_epochs"]), int(t["rollbacks"])
         if self.schedule is not None and t.get("schedule"):
             self.schedule.load_state_dict(t["schedule"])
         streams = random_streams(self.task)
         if len(streams) != len(t["rng"]):
-            raise ValueError(f"{path}: {len(t['rng'])} saved random streams; this run has {len(streams)}")
+            raise ValueError(f"{path}: {len(t['rng'])} saved random streams; this run has {len(streams)} "
+                             "(was the model or task configured differently?)")
         for g, s in zip(streams, t["rng"]):
             g.bit_generator.state = s
         self.history = self._read_history()
-        print(f"resumed from {path.name}: epoch {self.epoch}, step {self.step}")
+        where = f"epoch {self.epoch + 1}, batch {self.batch_index}" if self.batch_index else f"end of epoch {self.epoch}"
+        print(f"resumed from {path.name}: {where}, step {self.step}")
         return True
 
     # -- logs and figures ----------------------------------------------------------------------
@@ -290,73 +394,96 @@ class Trainer:
             config["task"] = {"name": getattr(self.task, "name", ""), **dataclasses.asdict(self.task_config)}
         write_json_atomic(self.run_dir / "config.json", config)
 
-    def _log(self, row: dict) -> None:
-        row = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in row.items()}
+    def _log(self, row: dict, hook: str | None = None) -> None:
+        row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
         self.history.append(row)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if row["split"] == "epoch":
-            rows = [r for r in self.history if r["split"] == "epoch"]
-            keys = list(dict.fromkeys(k for r in rows for k in r))
-            with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(rows)
+            self._write_csv()
+        for callback in self.callbacks:
+            if hook and hasattr(callback, hook):
+                getattr(callback, hook)(self, row)
+
+    def _write_csv(self) -> None:
+        rows = [r for r in self.history if r["split"] == "epoch"]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
 
     def _read_history(self) -> list[dict]:
-        """Metrics lines of the epochs already done (lines past the checkpoint are dropped)."""
+        """The metrics rows up to the checkpoint resumed from; later rows (and a line cut by a
+        kill) are dropped, so the resumed run's log reads as an uninterrupted one."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("epoch", 0) < self.epoch and r["split"] != "test"]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        rows = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= self.step
+                and r.get("split") not in ("test", None)
+                and not (r["split"] == "epoch" and r.get("epoch", 0) >= self.epoch)]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
-    def _progress(self, epoch: int):
+    def _progress(self, epoch: int, done: int):
         if not self.config.progress:
             return None
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        return tqdm(total=self.task.num_train_batches(), desc=f"epoch {epoch + 1}/{self.config.epochs}",
+        return tqdm(total=self.task.num_train_batches(), initial=done, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     unit="batch", dynamic_ncols=True, leave=True)
 
     def _postfix(self, loss: float, rate: float, norm: float) -> dict:
         post = {"loss": f"{loss:.3f}"}
         if getattr(self.task, "reports_perplexity", False):
             post["ppl"] = f"{math.exp(min(loss, 50)):.1f}"
-        post["items/s"] = f"{rate:,.0f}"
+        post[f"{self.unit}/s"] = f"{rate:,.0f}"
         post["|g|"] = f"{norm:.2f}"
         return post
 
     def _print_epoch(self, row: dict) -> None:
         keys = [k for k in row if k.startswith("val_") or k == "train_loss"]
-        print(f"epoch {row['epoch'] + 1}: " + ", ".join(f"{k} {row[k]:.4g}" for k in keys)
-              + f", lr {row['lr']:.3g}, {row['items_per_s']:,.0f} items/s")
+        part = "" if row["complete"] else " (stopped mid-epoch)"
+        print(f"epoch {row['epoch'] + 1}{part}: " + ", ".join(f"{k} {_show(row[k])}" for k in keys)
+              + f", lr {row['lr']:.3g}, {row[f'{self.unit}_per_s']:,.0f} {self.unit}/s", flush=True)
 
     def _plot(self) -> None:
-        """loss.png: train loss per logged step and validation per epoch (needs matplotlib)."""
+        """loss.png: train loss per logged step and per epoch, validation per epoch (needs matplotlib)."""
         try:
             import matplotlib  # noqa: PLC0415
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt  # noqa: PLC0415
         except ImportError:
+            if not getattr(self, "_plot_note", False):
+                print("note: matplotlib is not installed; no loss.png (pip install matplotlib)")
+                self._plot_note = True
             return
         train = [r for r in self.history if r["split"] == "train"]
         epochs = [r for r in self.history if r["split"] == "epoch"]
         fig, ax = plt.subplots(figsize=(7, 4))
         if train:
-            ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train (per step)")
+            ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train (logged steps)")
         if epochs:
             ax.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch mean)")
-            if "val_loss" in epochs[0]:
-                ax.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "s-", label="validation")
+            if any("val_loss" in r for r in epochs):
+                ax.plot([r["step"] for r in epochs if "val_loss" in r], [r["val_loss"] for r in epochs if "val_loss" in r],
+                        "s-", label="validation")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (nats per item)" if self.unit == "items" else f"loss (nats per {self.unit})")
         ax.set_title(f"{getattr(self.task, 'name', 'task')}: loss")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(self.run_dir / "loss.png", dpi=110)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
+        self._plotted = time.perf_counter()
+        write_bytes_atomic(self.run_dir / "loss.png", buffer.getvalue())

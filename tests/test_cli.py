@@ -1,0 +1,163 @@
+"""The command line: train -> checkpoint -> generate -> evaluate on a tiny corpus, resume, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkit import cli
+from rnnkit.data.text import bundled_text
+from rnnkit.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--bptt", "16", "--no-progress",
+        "--log-every", "10"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short training run from the command line, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("cli")
+    corpus = folder / "tiny.txt"
+    corpus.write_text(bundled_text()[:6_000], encoding="utf-8")
+    run_dir = folder / "run"
+    code = cli.main(["train", "--corpus", str(corpus), "--epochs", "1", "--run-dir", str(run_dir), *TINY])
+    assert code == 0
+    return corpus, run_dir
+
+
+def test_train_writes_checkpoints_metrics_and_config(trained):
+    corpus, run_dir = trained
+    assert (run_dir / "checkpoints" / "best.safetensors").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["task"]["hidden_size"] == 16 and config["task"]["corpus"] == str(corpus)
+    assert config["train"]["epochs"] == 1
+    assert (run_dir / "metrics.csv").read_text().startswith("split,epoch,step,complete,train_loss")
+
+
+def test_generate_streams_text_reproducibly(trained, capsys):
+    _, run_dir = trained
+    ckpt = str(run_dir / "checkpoints" / "best.safetensors")
+    args = ["generate", "--checkpoint", ckpt, "--prime", "ROMEO:", "--tokens", "30", "--seed", "3",
+            "--temperature", "0.8", "--top-k", "10", "--top-p", "0.9"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("ROMEO:") and len(first) >= 37
+    assert cli.main(["generate", "--checkpoint", ckpt, "--prime", "A", "--tokens", "5", "--greedy"]) == 0
+
+
+def test_evaluate_own_split_and_a_file(trained, capsys, tmp_path):
+    corpus, run_dir = trained
+    ckpt = str(run_dir / "checkpoints" / "best.safetensors")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--split", "valid"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert own["loss"] == pytest.approx(result["best_val_loss"], rel=1e-5) and own["ppl"] > 1
+    other = tmp_path / "other.txt"
+    other.write_text("Speak, speak. \u00e9\u00e9\n", encoding="utf-8")  # two characters the model never saw
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--file", str(other)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["tokens"] == len("Speak, speak. \u00e9\u00e9\n") - 1
+    assert "not in the vocabulary are scored as <unk>" in captured.err
+
+
+def test_resume_from_the_run_dir_alone(trained, capsys):
+    """--resume needs only --run-dir: the rest comes from the run's config.json; flags still override."""
+    _, run_dir = trained
+    assert cli.main(["train", "--resume", "--run-dir", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch 2:" in out
+    assert json.loads((run_dir / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_config_file_preset_and_precedence(tmp_path, capsys):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(bundled_text()[:3_000], encoding="utf-8")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[train]\nepochs = 1\nmax_steps = 3\nlr = 0.01\n[task]\nname = "lm"\ncorpus = "{corpus.as_posix()}"\n'
+                      'hidden_size = 12\nembedding_size = 4\nbatch_size = 4\nbptt = 8\n', encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--config", str(config), "--hidden-size", "8", "--run-dir", str(run_dir),
+                     "--no-progress"]) == 0
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["task"]["hidden_size"] == 8 and resolved["task"]["bptt"] == 8  # flag beats file
+    assert resolved["train"]["lr"] == 0.01 and resolved["train"]["max_steps"] == 3
+    assert "demo" in cli.list_presets() and "ptb-small" in cli.list_presets()
+    train_config, task_config = cli.resolve_train_config(
+        get_task("lm"), cli.build_train_parser(get_task("lm")).parse_args(["--preset", "ptb-small"]))
+    assert (train_config.optimizer, train_config.lr, train_config.clip, train_config.epochs) == ("sgd", 20.0, 0.25, 4)
+    assert (task_config.corpus, task_config.hidden_size, task_config.bptt, task_config.batch_size) == ("ptb", 100, 35, 20)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--task", "poetry"], "task 'poetry'; expected one of lm, seq2seq"),
+    (["train", "--preset", "nope"], "preset 'nope'; expected one of"),
+    (["train", "--optimizer", "rmsprop", "--max-steps", "1"], "optimizer 'rmsprop'"),
+    (["train", "--config", "nowhere.toml"], "config file nowhere.toml does not exist"),
+    (["generate", "--checkpoint", "missing.safetensors"], "missing.safetensors"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+])
+def test_bad_command_lines(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--hidden-sise", "8"])
+    assert exc.value.code == 2 and "unrecognized arguments: --hidden-sise" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[task]\nhiden_size = 8\n", encoding="utf-8")
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "hiden_size" in capsys.readouterr().err
+    config.write_text("[trainer]\nlr = 1\n", encoding="utf-8")
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "unknown section(s) ['trainer']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\xff\xfe\x00bin\x00ary", "")])
+def test_empty_or_binary_corpus_is_a_clear_error(tmp_path, capsys, content, message):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(content)
+    assert cli.main(["train", "--corpus", str(corpus), "--run-dir", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "bad.txt" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing half-written
+
+
+def test_missing_tool_module_exits_2(monkeypatch, capsys):
+    monkeypatch.setitem(cli.TOOLS, "gradflow", "rnnkit.analysis.not_written_yet")
+    assert cli.main(["gradflow"]) == 2
+    assert "rnnkit gradflow is not available" in capsys.readouterr().err
+
+
+def test_every_flag_has_help():
+    """Each field of TrainConfig and of every registered task's config documents itself."""
+    from rnnkit.tasks import TASKS
+    from rnnkit.train import TrainConfig
+
+    classes = [TrainConfig] + [get_task(name).config_class for name in TASKS]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    parser = cli.build_train_parser(get_task("lm"))
+    assert all(action.help for action in parser._actions)
+
+
+def test_module_entry_point_and_help():
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "rnnkit", "--help"], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "rnnkit demo" in out.stdout and "rnnkit generate" in out.stdout

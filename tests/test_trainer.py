@@ -1,0 +1,313 @@
+"""The shared trainer: exact resume (epoch end, mid-epoch, after SIGKILL), divergence, schedules, logs."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnkit.checkpoint import CheckpointManager
+from rnnkit.data.text import load_corpus
+from rnnkit.layers import Linear, MSELoss
+from rnnkit.models import LanguageModel
+from rnnkit.models.base import Model
+from rnnkit.tasks.lm import LanguageModelTask, LMTaskConfig
+from rnnkit.train import DivergenceError, TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def shakespeare():
+    return load_corpus("tinyshakespeare", level="char")
+
+
+def tiny_lm_task(chars=6_000, **overrides):
+    """A character LSTM small enough to train an epoch in well under a second."""
+    cfg = LMTaskConfig(corpus="tinyshakespeare", level="char", hidden_size=24, embedding_size=12, batch_size=8,
+                       bptt=16, max_eval_tokens=1_000, **overrides)
+    corpus = dataclasses.replace(shakespeare(), train=shakespeare().train[:chars])
+    return cfg, LanguageModelTask(cfg, corpus, seed=0)
+
+
+def train(run_dir, resume=False, task_overrides=None, **train_overrides):
+    cfg, task = tiny_lm_task(**(task_overrides or {"embedding_dropout": 0.1, "output_dropout": 0.3}))
+    options = dict(epochs=2, lr=3e-3, run_dir=str(run_dir), progress=False, eval_test=False, schedule="step",
+                   lr_factor=0.5, log_every=5)
+    tc = TrainConfig(**{**options, **train_overrides})
+    trainer = Trainer(task, tc, cfg)
+    return trainer.fit(resume=resume), trainer
+
+
+def epoch_rows(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "epoch" and r["complete"]]
+
+
+def assert_same_run(a_dir, b_dir):
+    """Same per-epoch metrics (train and validation) and the same final weights."""
+    a, b = epoch_rows(a_dir), epoch_rows(b_dir)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss", "lr", "step"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), (key, ra, rb)
+    wa = LanguageModel.load(Path(a_dir) / "checkpoints" / "best.safetensors").state_dict()
+    wb = LanguageModel.load(Path(b_dir) / "checkpoints" / "best.safetensors").state_dict()
+    for name in wa:
+        np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted two-epoch run (with dropout, a step schedule and carried state)."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    result, _ = train(run_dir)
+    return run_dir, result
+
+
+def test_resume_at_an_epoch_end_matches_an_uninterrupted_run(straight, tmp_path):
+    train(tmp_path, epochs=1)
+    result, trainer = train(tmp_path, resume=True)
+    assert trainer.epoch == 2 and result["best_val_loss"] == pytest.approx(straight[1]["best_val_loss"], rel=1e-6)
+    assert_same_run(straight[0], tmp_path)
+
+
+def test_resume_mid_epoch_restores_carried_state_rng_and_running_loss(straight, tmp_path):
+    first, trainer = train(tmp_path, max_steps=30)  # stops 30 batches into epoch 1 (47 batches)
+    assert trainer.epoch == 0 and trainer.batch_index == 30 and trainer.task.num_train_batches() == 47
+    assert first["steps"] == 30
+    result, trainer = train(tmp_path, resume=True)
+    assert trainer.step == 2 * 47 and result["best_val_loss"] == pytest.approx(straight[1]["best_val_loss"], rel=1e-6)
+    assert_same_run(straight[0], tmp_path)
+    # the log reads as one run: no row twice, the partial evaluation dropped
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 90 and len(steps) == 18
+
+
+def test_resume_from_periodic_checkpoints(straight, tmp_path):
+    train(tmp_path, epochs=2, checkpoint_every=7, max_steps=60)
+    result, _ = train(tmp_path, resume=True, checkpoint_every=7)
+    assert_same_run(straight[0], tmp_path)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_trainer import train
+    train({run_dir!r}, resume=True, checkpoint_every=3)
+""")
+
+
+def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
+    """Kill -9 the training process (often while it writes a checkpoint), twice; resume each time."""
+    straight_dir = tmp_path / "straight"
+    train(straight_dir, checkpoint_every=3)
+    run_dir = tmp_path / "killed"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), run_dir=str(run_dir))
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.monotonic() + 60
+        before = latest.read_text() if latest.exists() else None
+        while proc.poll() is None and time.monotonic() < deadline:
+            if latest.exists() and latest.read_text() != before:
+                break  # this process has written a checkpoint
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if proc.returncode not in (0, -signal.SIGKILL):
+            pytest.fail(proc.stderr.read().decode())
+        proc.stderr.close()
+        if proc.returncode == 0:
+            break
+        # every kill leaves a loadable last checkpoint
+        LanguageModel.load(CheckpointManager(run_dir / "checkpoints").latest())
+    assert kills >= 1
+    train(run_dir, resume=True, checkpoint_every=3)
+    assert_same_run(straight_dir, run_dir)
+
+
+# ----------------------------------------------------------------------------------- divergence
+def test_nan_gradient_stops_the_step_naming_the_parameter_and_step(tmp_path):
+    cfg, task = tiny_lm_task()
+    original = task.backward
+
+    def poisoned_backward():
+        original()
+        task.model.rnn.grads["weight_hh_l0"][0, 0] = np.nan
+
+    task.backward = poisoned_backward
+    weights = {n: p.copy() for n, p, _ in task.model.named_parameters()}
+    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False)
+    with pytest.raises(DivergenceError, match=r"step 1 \(epoch 1, batch 1\): non-finite gradient in rnn.weight_hh_l0"):
+        Trainer(task, tc, cfg).fit()
+    for name, p, _ in task.model.named_parameters():
+        np.testing.assert_array_equal(p, weights[name], err_msg=name)  # nothing written
+
+
+def test_nan_loss_names_the_non_finite_weights(tmp_path):
+    cfg, task = tiny_lm_task()
+    task.model.decoder.params["bias"][3] = np.inf
+    with pytest.raises(DivergenceError, match=r"step 1 .*loss is (nan|inf) \(non-finite weights in decoder.bias\)"):
+        Trainer(task, TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False), cfg).fit()
+
+
+def test_rollback_reloads_the_last_checkpoint_and_halves_lr(tmp_path, capsys):
+    cfg, task = tiny_lm_task()
+    original, calls = task.backward, []
+
+    def backward_with_one_blowup():
+        original()
+        calls.append(1)
+        if len(calls) == 12:
+            task.model.rnn.grads["weight_ih_l0"][...] = np.inf
+
+    task.backward = backward_with_one_blowup
+    tc = TrainConfig(epochs=1, lr=2e-3, run_dir=str(tmp_path), progress=False, eval_test=False, checkpoint_every=5,
+                     on_divergence="rollback")
+    trainer = Trainer(task, tc, cfg)
+    trainer.fit()
+    assert "rolled back to ckpt-10.safetensors" in capsys.readouterr().out
+    assert trainer.rollbacks == 1 and trainer.optimizer.lr == pytest.approx(1e-3)
+    assert all(np.isfinite(p).all() for _, p, _ in task.model.named_parameters())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "rollback"] == [11]
+
+
+def test_rollback_without_a_checkpoint_stops(tmp_path):
+    cfg, task = tiny_lm_task()
+    task.model.decoder.params["bias"][0] = np.nan
+    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False, on_divergence="rollback")
+    with pytest.raises(DivergenceError):
+        Trainer(task, tc, cfg).fit()
+
+
+# ----------------------------------------------------------------------------------- files, schedules
+def test_run_dir_files(tmp_path):
+    result, _ = train(tmp_path, epochs=1, eval_test=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["lr"] == 3e-3 and config["task"]["name"] == "lm" and config["task"]["bptt"] == 16
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(5, 46, 5))
+    assert {"loss", "grad_norm", "lr", "tok_per_s"} <= set(train_rows[0])
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "train_loss", "val_loss", "val_ppl", "tok_per_s"} <= set(header)
+    assert json.loads((tmp_path / "result.json").read_text())["best_val_loss"] == result["best_val_loss"]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fresh_run_refuses_to_mix_into_an_old_one(tmp_path):
+    train(tmp_path, epochs=1, max_steps=2)
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(tmp_path, epochs=1, max_steps=2)
+    train(tmp_path, epochs=1, max_steps=2, overwrite=True)
+
+
+@dataclass
+class ToyConfig:
+    size: int = 3
+
+
+class ToyModel(Model):
+    config_class = ToyConfig
+
+    def __init__(self, config, seed=0):
+        super().__init__(config)
+        self.linear = Linear(config.size, 1, rng=np.random.default_rng(seed))
+        self.criterion = MSELoss()
+
+    def loss(self, x, y):
+        return self.criterion.forward(self.linear.forward(x), y)
+
+    def backward(self):
+        self.linear.backward(self.criterion.backward())
+
+
+class ToyTask:
+    """Validation losses are scripted, to drive the schedule and early stopping."""
+
+    name, main_metric = "toy", "val_loss"
+
+    def __init__(self, val_losses):
+        self.model, self.val_losses, self.evaluated = ToyModel(ToyConfig()), list(val_losses), 0
+
+    def start_epoch(self, epoch):
+        pass
+
+    def train_batches(self, epoch):
+        rng = np.random.default_rng([0, epoch])
+        for _ in range(3):
+            x = rng.normal(size=(4, 3)).astype(np.float32)
+            yield x, x.sum(1, keepdims=True)
+
+    def num_train_batches(self):
+        return 3
+
+    def train_loss(self, batch):
+        return self.model.loss(*batch), len(batch[0])
+
+    def backward(self):
+        self.model.backward()
+
+    def evaluate(self, split):
+        if split != "valid":
+            return {}
+        self.evaluated += 1
+        return {"loss": self.val_losses[self.evaluated - 1]}
+
+
+def test_plateau_schedule_and_early_stopping(tmp_path):
+    task = ToyTask([1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
+    tc = TrainConfig(epochs=6, optimizer="sgd", lr=0.1, schedule="plateau", lr_factor=0.5, early_stopping=2,
+                     run_dir=str(tmp_path), progress=False)
+    result = Trainer(task, tc).fit()
+    rows = epoch_rows(tmp_path)
+    assert result["epochs"] == 4 and result["best_val_loss"] == 0.5  # stopped after 2 epochs without progress
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.1, 0.05])  # lr used in that epoch
+    assert trainer_lr_after(tmp_path) == pytest.approx(0.025)
+
+
+def trainer_lr_after(run_dir):
+    from rnnkit.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(CheckpointManager(Path(run_dir) / "checkpoints").latest())
+    return meta["trainer"]["optimizer"]["lr"]
+
+
+def test_cosine_schedule_and_max_steps(tmp_path):
+    tc = TrainConfig(epochs=5, optimizer="sgd", lr=0.1, schedule="cosine", max_steps=7, run_dir=str(tmp_path),
+                     progress=False)
+    trainer = Trainer(ToyTask([1.0] * 5), tc)
+    result = trainer.fit()
+    assert result["steps"] == 7 and trainer.optimizer.lr == pytest.approx(0.0, abs=1e-12)  # schedule over 7 steps
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["complete"] for r in rows if r["split"] == "epoch"] == [True, True, False]
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="optimizer 'rmsprop'; expected one of sgd, adam, adamw"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="on_divergence 'ignore'"):
+        TrainConfig(on_divergence="ignore")
+    with pytest.raises(ValueError, match="epochs 0"):
+        TrainConfig(epochs=0)
