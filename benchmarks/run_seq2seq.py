@@ -1,14 +1,11 @@
-"""Seq2seq benchmark: DL2 addition and date format with Seq2Seq, and the attention figure.
+"""Seq2seq benchmark helpers: beam-search evaluation of a checkpoint, and the attention figure.
 
-Trains with Adam (gradient clipping, learning rate decayed on a validation plateau),
-keeps the weights of the epoch with the best validation exact match, reports test
-metrics of those weights, and saves them. One JSON line per epoch goes to ``--log``.
+Models are trained with the command line (``rnnkit train --task seq2seq ...``, see
+benchmarks/seq2seq_results.md); this script reads their checkpoints.
 
-    python benchmarks/run_seq2seq.py train --set dataset=addition reverse_source=true attention=dot \\
-        --epochs 60 --save runs/addition.safetensors --log runs/addition.jsonl
-    python benchmarks/run_seq2seq.py plot runs/date.safetensors --out benchmarks/figures/attention_date.png
-
-``--set name=value`` overrides any Seq2SeqTaskConfig field (the same names as the CLI flags).
+    python benchmarks/run_seq2seq.py evaluate runs/addition_dot/checkpoints/best.safetensors --beam 5 --show 10
+    python benchmarks/run_seq2seq.py plot runs/date_dot/checkpoints/best.safetensors \
+        --question "Wednesday, November 9, 1977" "11/10/91" --out benchmarks/figures/attention_date.png
 """
 from __future__ import annotations
 
@@ -18,60 +15,26 @@ import sys
 import time
 from pathlib import Path
 
-from rnnkit.config import from_dict, parse_overrides, to_dict
 from rnnkit.data.batching import pad_batch
-from rnnkit.optim import Adam, ReduceLROnPlateau, clip_grad_norm
-from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
+from rnnkit.tasks.seq2seq import Seq2SeqTask
 
 
-def train(args) -> int:
-    config = from_dict(Seq2SeqTaskConfig, parse_overrides(args.set))
-    task = Seq2SeqTask.from_config(config, seed=args.seed)
-    model = task.model
-    opt = Adam(model, lr=args.lr)
-    sched = ReduceLROnPlateau(opt, factor=0.5, patience=args.patience, min_lr=args.lr / 64)
-    sizes = {k: len(v) for k, v in task.splits.items()}
-    print(f"config {json.dumps(to_dict(config))}\nsplits {sizes}  vocab {len(task.vocab)}  "
-          f"parameters {model.num_parameters()}", flush=True)
-    log = open(args.log, "a") if args.log else None
-    best, best_state, started = {"val_accuracy": -1.0}, None, time.time()
-    for epoch in range(args.epochs):
-        t0 = time.time()
-        task.start_epoch(epoch)
-        total = count = 0
-        for batch in task.train_batches(epoch):
-            model.zero_grad()
-            loss, n = task.train_loss(batch)
-            task.backward()
-            clip_grad_norm(model, args.clip)
-            opt.step()
-            total, count = total + loss * n, count + n
-        train_s = time.time() - t0
-        val = task.evaluate("valid")
-        sched.step(1.0 - val["accuracy"] + val["loss"] * 1e-3)  # exact-match error first, loss breaks ties
-        row = {"epoch": epoch + 1, "train_loss": total / count, **{f"val_{k}": v for k, v in val.items()},
-               "lr": opt.lr, "train_s": round(train_s, 1), "elapsed_s": round(time.time() - started, 1)}
-        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        if log:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if val["accuracy"] > best["val_accuracy"]:
-            best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-            best_state = {k: v.copy() for k, v in model.state_dict().items()}
-            if args.save:
-                model.save(args.save, meta=task.extra_meta())
-        if val["accuracy"] >= args.stop_at:
-            break
-    model.load_state_dict(best_state)
-    test = task.evaluate("test")
-    result = {**best, **{f"test_{k}": v for k, v in test.items()}, "train_minutes": round((time.time() - started) / 60, 1)}
-    if args.beam:
-        task.config.eval_beam_size = args.beam
-        result[f"test_beam{args.beam}_accuracy"] = task.evaluate("test")["beam_accuracy"]
-    print("result " + json.dumps(result), flush=True)
-    if log:
-        log.write(json.dumps({"result": result, "config": to_dict(config), "seed": args.seed}) + "\n")
-        log.close()
+def evaluate(args) -> int:
+    """Metrics of a saved model on a split: greedy exact match, and beam search if asked."""
+    task = Seq2SeqTask.from_checkpoint(args.checkpoint)
+    task.config.eval_beam_size = args.beam
+    task.config.length_penalty = args.length_penalty
+    started = time.time()
+    metrics = task.evaluate(args.split)
+    print(json.dumps({"split": args.split, "n": len(task.splits[args.split]), "beam_size": args.beam,
+                      "length_penalty": args.length_penalty, **metrics, "seconds": round(time.time() - started, 1)}))
+    if args.show:
+        idx = task.splits[args.split]
+        questions = [task.pairs[i][0] for i in idx]
+        answers = task.answer(questions, beam_size=args.beam)
+        wrong = [(q, task.pairs[i][1], a) for q, i, a in zip(questions, idx, answers) if a != task.pairs[i][1]]
+        for q, truth, a in wrong[: args.show]:
+            print(f"  {q!r}: expected {truth!r}, got {a!r}")
     return 0
 
 
@@ -109,23 +72,18 @@ def plot(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="Seq2SeqTaskConfig overrides")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--patience", type=int, default=2, help="epochs without improvement before the lr halves")
-    t.add_argument("--clip", type=float, default=5.0)
-    t.add_argument("--stop-at", type=float, default=1.01, help="stop once validation exact match reaches this")
-    t.add_argument("--beam", type=int, default=0, help="also report test exact match of beam search of this size")
-    t.add_argument("--save", type=Path, help="checkpoint of the best epoch")
-    t.add_argument("--log", type=Path, help="append one JSON line per epoch here")
+    e = sub.add_parser("evaluate")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--split", default="test")
+    e.add_argument("--beam", type=int, default=0, help="also report exact match of beam search of this size")
+    e.add_argument("--length-penalty", type=float, default=1.0)
+    e.add_argument("--show", type=int, default=0, help="print this many wrong answers")
     f = sub.add_parser("plot")
     f.add_argument("checkpoint", type=Path)
     f.add_argument("--question", nargs="*", help="questions to decode (default: the first test question)")
     f.add_argument("--out", type=Path, default=Path("benchmarks/figures/attention_date.png"))
     args = p.parse_args(argv)
-    return train(args) if args.command == "train" else plot(args)
+    return {"evaluate": evaluate, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":

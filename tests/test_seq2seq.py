@@ -253,3 +253,22 @@ def test_learns_dates_in_seconds():
                                          [task.pairs[i][1] for i in task.splits["valid"][:300]])
     assert metrics["token_accuracy"] > baseline + 0.15, (metrics, baseline)  # 0.75 vs 0.48
     assert metrics["loss"] < 0.8, metrics  # 0.64; chance: log(62) = 4.1
+
+
+def test_task_trains_with_the_shared_trainer_and_reloads(tmp_path):
+    """`rnnkit train --task seq2seq` in miniature: generated problems, one epoch, checkpoint round trip."""
+    from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
+    from rnnkit.train.trainer import TrainConfig, Trainer
+
+    config = Seq2SeqTaskConfig(dataset="gen-addition", num_generated=400, hidden_size=16, embedding_dim=8,
+                               attention="dot", reverse_source=True, batch_size=32, eval_beam_size=2)
+    task = Seq2SeqTask.from_config(config, seed=0)
+    parts = np.concatenate(list(task.splits.values()))
+    assert sorted(parts.tolist()) == list(range(len(task.pairs)))  # disjoint, and they cover the data
+    assert len(task.splits["test"]) == len(task.pairs) // 10
+    result = Trainer(task, TrainConfig(epochs=1, run_dir=str(tmp_path / "run"), progress=False)).fit()
+    assert {"test_loss", "test_accuracy", "test_token_accuracy", "test_beam_accuracy"} <= set(result)
+    again = Seq2SeqTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert again.evaluate("test") == pytest.approx({k[5:]: v for k, v in result.items() if k.startswith("test_")})
+    answers = again.answer(["12+34", "7+8"], beam_size=2)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

@@ -5,7 +5,7 @@
     x   = src (B, S), reversed within each valid prefix when reverse_source
     m   = Encoder(SrcEmbedding(x), src_mask)             m (B, S, H), state_S (L, B, H)
     p   = state_S's top-layer h                          (B, H), the "peek" vector
-    y_0 = <sos>; y_t = target t (teacher forcing) or the decoder's own previous prediction
+    y_0 = <sos>; y_t = target_t (teacher forcing) or the decoder's own prediction at step t
     h_t = Decoder([TgtEmbedding(y_{t-1}) ; p if peeky],  state_0 = state_S)
     c_t, a_t = Attention(h_t, m, src_mask)                dot | additive, if attention
     z_t = W [c_t if attention ; h_t ; p if peeky] + b     (B, T, V) logits
@@ -107,7 +107,7 @@ class Seq2Seq(Model):
                                        dtype=dtype, rng=self.rng)
         else:
             self.attention = None
-        self.output = Linear((H if self.attention else 0) + H + peek, tgt_vocab_size, dtype=dtype, rng=self.rng)
+        self.output = Linear((H if self.attention is not None else 0) + H + peek, tgt_vocab_size, dtype=dtype, rng=self.rng)
         self.criterion = SoftmaxCrossEntropy()
         # one-step views of the decoder's layers for step-by-step decoding; kept in a dict so
         # they are not children (their parameters are the decoder's, bound on every use)

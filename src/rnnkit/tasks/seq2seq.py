@@ -7,6 +7,10 @@ file of ``question_answer`` lines (the DL2 format, see
 sequences; the vocabulary (``<pad>`` = 0, ``<sos>`` = 1, ``<eos>`` = 2, ``<unk>`` = 3,
 then the characters of the training part) is shared by questions and answers.
 
+With ``fixed_width`` the pairs are padded with spaces to fixed widths again, as the DL2
+book feeds them (spaces are then ordinary tokens the decoder must also produce); by default
+they are variable-length and batched with masks.
+
 Split (``split_seed``, default 1984 as in the DL2 book): the pairs, de-duplicated first
 when ``dedupe`` (the date file repeats 8,422 lines, so without it some test questions are
 also training questions), are shuffled exactly as the book's ``sequence.load_data`` does
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backend
 from ..data.batching import pad_batch
 from ..data.tasks import load_seq2seq_file, make_addition_problems, make_date_problems
 from ..data.text import shared_data_dir
@@ -46,6 +51,8 @@ class Seq2SeqTaskConfig(Seq2SeqConfig):
         "help": "folder holding dl2-addition/ and dl2-date/ (default: $RNNKIT_DATA or ../shared/data)"})
     sep: str = field(default="_", metadata={"help": "question/answer separator of a data file"})
     num_generated: int = field(default=50000, metadata={"help": "problems to generate for gen-addition | gen-date"})
+    fixed_width: bool = field(default=False, metadata={
+        "help": "pad questions and answers with spaces to the longest of each, as the DL2 book feeds them"})
     dedupe: bool = field(default=True, metadata={"help": "drop repeated question/answer pairs before splitting"})
     split_seed: int = field(default=1984, metadata={"help": "seed of the shuffle that splits the data (DL2: 1984)"})
     test_fraction: float = field(default=0.1, metadata={"help": "fraction held out for test (the last part)"})
@@ -94,6 +101,9 @@ def load_pairs(config: Seq2SeqTaskConfig) -> list[tuple[str, str]]:
         pairs = load_seq2seq_file(config.dataset, sep=config.sep)
     if config.dedupe:
         pairs = list(dict.fromkeys(pairs))
+    if config.fixed_width:
+        q_width, a_width = max(len(q) for q, _ in pairs), max(len(a) for _, a in pairs)
+        pairs = [(q.ljust(q_width), a.ljust(a_width)) for q, a in pairs]
     return pairs
 
 
@@ -112,6 +122,7 @@ class Seq2SeqTask:
     name = "seq2seq"
     config_class = Seq2SeqTaskConfig
     main_metric = "val_loss"
+    unit = "tok"  # train_loss counts answer tokens (<eos> included)
 
     def __init__(self, config: Seq2SeqTaskConfig, pairs: list[tuple[str, str]], seed: int = 0,
                  model: Seq2Seq | None = None):
@@ -214,7 +225,7 @@ class Seq2SeqTask:
                 count = model.criterion.count
                 total_loss += loss * count
                 total_tokens += count
-                correct_tokens += int(((model.last_logits.argmax(-1) == tgt) & tgt_mask).sum())
+                correct_tokens += int(((backend.to_numpy(model.last_logits).argmax(-1) == tgt) & tgt_mask).sum())
                 answers = [self.tgt[i][:-1].tolist() for i in part]
                 hyps = model.greedy_decode(src, src_mask)
                 exact += sum(h.finished and h.tokens == a for h, a in zip(hyps, answers))
