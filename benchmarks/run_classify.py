@@ -10,6 +10,8 @@ over runs) to stdout.
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --only 0 1 --set cell=gru pooling=mean
 
 ``--set name=value`` overrides any ClassifyConfig field (the same names as the CLI flags).
+With several ``--seeds`` the splits stay put (``split_seed``) and the summary also scores
+the ensemble that averages the seeds' test probabilities, per fold.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     config = from_dict(ClassifyConfig, {**base, **parse_overrides(args.set)})
     texts, labels = load_texts(config)
     folds = args.only if args.only is not None else (range(args.folds) if args.folds else [0])
-    results = []
+    results, probs, truth = [], {fold: [] for fold in folds}, {}
     for seed in args.seeds:
         for fold in folds:
             cfg = dataclasses.replace(config, fold=fold)
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
             res = Trainer(task, train_cfg, cfg).fit()
             res.update(fold=fold, seed=seed, seconds=round(time.time() - start, 1), config=to_dict(cfg),
                        train=to_dict(train_cfg))
+            probs[fold].append(task.predict_split("test")[0])  # the trainer left the best weights loaded
+            truth[fold] = task.targets[task.splits["test"]]
             print(f"  -> test accuracy {res['test_accuracy']:.4f}" +
                   (f", F1 {res['test_f1']:.4f}" if "test_f1" in res else ""), flush=True)
             results.append(res)
@@ -71,6 +75,17 @@ def main(argv=None) -> int:
     acc = np.array([r["test_accuracy"] for r in results])
     print(f"test accuracy over {len(acc)} run(s): mean {acc.mean():.4f} std {acc.std():.4f} "
           f"min {acc.min():.4f} max {acc.max():.4f}")
+    for seed in args.seeds:
+        per_seed = [r["test_accuracy"] for r in results if r["seed"] == seed]
+        print(f"  seed {seed}: mean over {len(per_seed)} fold(s) {np.mean(per_seed):.4f}")
+    if len(args.seeds) > 1:
+        ensemble = {fold: float((np.mean(probs[fold], axis=0).argmax(axis=1) == truth[fold]).mean()) for fold in folds}
+        print(f"ensemble of {len(args.seeds)} seeds (mean probabilities): mean over {len(folds)} fold(s) "
+              f"{np.mean(list(ensemble.values())):.4f}  per fold " +
+              " ".join(f"{ensemble[f]:.4f}" for f in folds))
+        if args.out:
+            with args.out.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"ensemble_seeds": args.seeds, "ensemble_test_accuracy": ensemble}) + "\n")
     return 0
 
 

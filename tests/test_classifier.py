@@ -186,14 +186,16 @@ def test_task_on_labelled_csv_and_checkpoint_roundtrip(tmp_path):
 
 def test_kfold_splits_partition_the_data():
     cfg = ClassifyConfig(folds=10, fold=0, split_seed=5)
-    tests = []
+    tests, trains = [], []
     for fold in range(10):
         cfg.fold = fold
         train, val, test = split_indices(103, cfg)
         assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
         assert len(train) + len(val) + len(test) == 103
         tests.append(test)
+        trains.append(frozenset(train))
     assert sorted(np.concatenate(tests)) == list(range(103))
+    assert len(set(trains)) == 10  # every fold trains on its own data
 
 
 def test_config_errors_name_the_value():

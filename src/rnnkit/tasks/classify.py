@@ -99,6 +99,8 @@ def split_indices(n: int, config: ClassifyConfig) -> tuple[np.ndarray, np.ndarra
         bounds = np.linspace(0, n, config.folds + 1).round().astype(int)
         test = order[bounds[config.fold]:bounds[config.fold + 1]]
         rest = np.concatenate([order[:bounds[config.fold]], order[bounds[config.fold + 1]:]])
+        # validation: a random part of the other k-1 folds, drawn anew for each fold
+        rest = np.random.default_rng([config.split_seed, config.fold]).permutation(rest)
         n_val = int(round(config.val_fraction * n))
         return rest[n_val:], rest[:n_val], test
     n_test, n_val = int(round(config.test_fraction * n)), int(round(config.val_fraction * n))
@@ -204,14 +206,14 @@ class ClassifyTask:
 
     # -- evaluation --------------------------------------------------------------------------
     def predict_split(self, split: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (N, C), labels (N,)) of a split, in eval mode."""
+        """(probabilities (N, C), labels (N,)) of a split, in eval mode, in the order of ``splits[split]``."""
         idx = self.splits[split]
-        idx = idx[np.argsort([len(self.ids[i]) for i in idx], kind="stable")]
+        by_length = np.argsort([len(self.ids[i]) for i in idx], kind="stable")  # little padding per batch
         probs, xp = np.empty((len(idx), len(self.labels))), self.model.xp
         for start in range(0, len(idx), batch_size):
-            ids, mask, _ = self.batch(idx[start:start + batch_size])
-            p = self.model.predict_proba(xp.asarray(ids), xp.asarray(mask))
-            probs[start:start + len(ids)] = backend.to_numpy(p)
+            rows = by_length[start:start + batch_size]
+            ids, mask, _ = self.batch(idx[rows])
+            probs[rows] = backend.to_numpy(self.model.predict_proba(xp.asarray(ids), xp.asarray(mask)))
         return probs, self.targets[idx]
 
     def evaluate(self, split: str) -> dict[str, float]:
