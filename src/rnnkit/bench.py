@@ -263,11 +263,12 @@ def worker(args) -> int:
         n = int(rest[0]) if rest else 1
         if cmd in ("train", "gen"):
             fn = train if cmd == "train" else generate
+            clock = time.process_time if args.timer == "cpu" else time.perf_counter
             times, loss = [], None
             for _ in range(n):
-                t0 = time.perf_counter()
+                t0 = clock()
                 loss = fn()
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
             _reply({"times": times, "loss": loss})
         elif cmd == "trace":
             import tracemalloc  # noqa: PLC0415
@@ -289,14 +290,16 @@ def _gemm_worker(args) -> int:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     c = np.empty_like(a)
 
+    clock = time.process_time if args.timer == "cpu" else time.perf_counter
+
     def rate(fn):
         for _ in range(3):
             fn()
         ts = []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
         return 2.0 * n**3 / sorted(ts)[len(ts) // 2] / 1e9
 
     out["numpy_gflops"] = rate(lambda: np.matmul(a, a, out=c))
@@ -320,7 +323,8 @@ class Worker:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(args.threads)
         cmd = [sys.executable, "-m", "rnnkit.bench", "--worker", framework, "--config", config, "--cell", cell,
-               "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
+               "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup),
+               "--timer", args.timer]
         if reference:
             cmd += ["--reference", str(reference)]
         self.framework = framework
@@ -393,7 +397,7 @@ def environment(args) -> dict:
     import numpy as np  # noqa: PLC0415
 
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
-            "numpy": np.__version__, "threads": args.threads, "nproc": os.cpu_count(),
+            "numpy": np.__version__, "threads": args.threads, "timer": args.timer, "nproc": os.cpu_count(),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
             "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
     try:
@@ -445,6 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-tokens", type=int, default=50, help="generated tokens per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before the rounds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="wall clock (default), or the worker's CPU time: steadier on a shared machine, "
+                             "exact with --threads 1 (with more threads it also counts BLAS threads' spinning)")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
