@@ -50,6 +50,10 @@ def test_generate_streams_text_reproducibly(trained, capsys):
     assert cli.main(args) == 0
     assert capsys.readouterr().out == first and first.startswith("ROMEO:") and len(first) >= 37
     assert cli.main(["generate", "--checkpoint", ckpt, "--prime", "A", "--tokens", "5", "--greedy"]) == 0
+    capsys.readouterr()
+    assert cli.main(["generate", "--checkpoint", ckpt, "--prime", "A\u00a7", "--tokens", "5", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "read as <unk>: ['\u00a7']" in captured.err and captured.out.startswith("A\u00a7")
 
 
 def test_evaluate_own_split_and_a_file(trained, capsys, tmp_path):

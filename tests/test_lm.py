@@ -163,8 +163,27 @@ def test_config_errors():
         LanguageModel(LanguageModelConfig(vocab_size=0))
     with pytest.raises(ValueError, match="vocabulary has 2 tokens; config says vocab_size 3"):
         LanguageModel(LanguageModelConfig(vocab_size=3), vocab=Vocab(["a", "b"]).to_dict())
+    with pytest.raises(ValueError, match="init 'xavier'; expected 'uniform' or 'normal'"):
+        LanguageModelConfig(vocab_size=5, init="xavier")
     with pytest.raises(ValueError, match=r"expected \(B, T\) token ids"):
         tiny_lm().forward(np.array([1, 2, 3]))
+
+
+def test_initialisations():
+    """uniform: U(-0.1, 0.1) embedding/output, zero output bias; normal: N(0, 1/fan_in), embedding N(0, 0.01^2)."""
+    def make(init):
+        cfg = LanguageModelConfig(vocab_size=400, embedding_size=64, hidden_size=100, init=init)
+        return {n: p for n, p, _ in LanguageModel(cfg, seed=0).named_parameters()}
+
+    uniform = make("uniform")
+    assert np.abs(uniform["encoder.weight"]).max() <= 0.1 and uniform["encoder.weight"].std() == pytest.approx(0.1 / 3 ** 0.5, rel=0.05)
+    assert not uniform["decoder.bias"].any() and np.abs(uniform["rnn.weight_hh_l0"]).max() <= 0.1
+    normal = make("normal")
+    assert normal["encoder.weight"].std() == pytest.approx(0.01, rel=0.05)
+    assert normal["rnn.weight_ih_l0"].std() == pytest.approx(64 ** -0.5, rel=0.05)
+    assert normal["rnn.weight_hh_l0"].std() == pytest.approx(0.1, rel=0.05)
+    assert normal["decoder.weight"].std() == pytest.approx(0.1, rel=0.05)
+    assert not normal["rnn.bias_ih_l0"].any() and not normal["decoder.bias"].any()
 
 
 def test_task_rejects_a_model_with_another_vocabulary():

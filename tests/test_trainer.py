@@ -216,6 +216,15 @@ def test_run_dir_files(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_resume_with_other_data_is_refused(tmp_path):
+    train(tmp_path, epochs=1, max_steps=2)
+    cfg, task = tiny_lm_task()
+    other = dataclasses.replace(task.corpus, vocab=type(task.corpus.vocab)(list(reversed(task.corpus.vocab.itos))))
+    task = LanguageModelTask(cfg, other, seed=0)
+    with pytest.raises(ValueError, match="the checkpoint's vocab differ"):
+        Trainer(task, TrainConfig(epochs=2, run_dir=str(tmp_path), progress=False)).fit(resume=True)
+
+
 def test_fresh_run_refuses_to_mix_into_an_old_one(tmp_path):
     train(tmp_path, epochs=1, max_steps=2)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):

@@ -18,6 +18,7 @@ import importlib
 import sys
 import time
 import typing
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -179,9 +180,16 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
     args = parser.parse_args(argv)
     model = _load_lm(args.checkpoint)
-    sys.stdout.write(args.prime)
-    for piece in generate(model, args.prime, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, greedy=args.greedy, seed=args.seed):
+    stream = generate(model, args.prime, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    with warnings.catch_warnings(record=True) as notes:  # e.g. prime characters read as <unk>
+        warnings.simplefilter("always")
+        first = next(stream, "")
+    for note in notes:
+        print(f"note: {note.message}", file=sys.stderr)
+    sys.stdout.write(args.prime + first)
+    sys.stdout.flush()
+    for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

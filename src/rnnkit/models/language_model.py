@@ -26,6 +26,9 @@ from ..layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEnt
 from .base import Model
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+INIT_HELP = ("uniform: embedding and output U(-init_range, init_range), recurrent weights U(-1/sqrt(H), 1/sqrt(H)) "
+             "(Zaremba et al., PyTorch's example) | normal: every weight matrix N(0, 1/fan_in), embedding N(0, 0.01^2), "
+             "biases 0 (Deep Learning from Scratch 2)")
 
 
 @dataclass
@@ -41,11 +44,15 @@ class LanguageModelConfig:
     embedding_dropout: float = field(default=0.0, metadata={"help": "dropout on the embeddings"})
     output_dropout: float = field(default=0.0, metadata={"help": "dropout on the last recurrent layer's output"})
     tie_weights: bool = field(default=False, metadata={"help": "share the embedding and output matrices (E == H)"})
-    init_range: float = field(default=0.1, metadata={"help": "U(-r, r) init of embedding and output weights (0: layer defaults)"})
+    init: str = field(default="uniform", metadata={"help": INIT_HELP})
+    init_range: float = field(default=0.1, metadata={"help": "uniform init: U(-r, r) for embedding and output weights "
+                                                             "(0: the layers' defaults)"})
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"cell {self.cell!r}; expected one of {sorted(CELLS)}")
+        if self.init not in ("uniform", "normal"):
+            raise ValueError(f"init {self.init!r}; expected 'uniform' or 'normal'")
         if self.level not in ("char", "word"):
             raise ValueError(f"level {self.level!r}; expected 'char' or 'word'")
         if self.tie_weights and self.embedding_size != self.hidden_size:
@@ -82,14 +89,26 @@ class LanguageModel(Model):
                                  stateful=True, dtype=dtype, rng=rng, **extra)
         self.output_drop = Dropout(c.output_dropout, rng=rng)
         self.decoder = Linear(c.hidden_size, V, dtype=dtype, rng=rng)
-        if c.init_range:
-            xp, r = self.xp, c.init_range
-            self.encoder.params["weight"][...] = xp.asarray(rng.uniform(-r, r, (V, c.embedding_size)))
-            self.decoder.params["weight"][...] = xp.asarray(rng.uniform(-r, r, (V, c.hidden_size)))
-            self.decoder.params["bias"][...] = 0
+        self._initialise(rng)
         self._tie()
         self.criterion = SoftmaxCrossEntropy()
         self.last_logits = None
+
+    def _initialise(self, rng) -> None:
+        """Language-model initialisations (see ``LanguageModelConfig.init``); the layers' own are PyTorch's."""
+        c, xp = self.config, self.xp
+        encoder, decoder = self.encoder.params, self.decoder.params
+        if c.init == "uniform" and c.init_range:
+            r = c.init_range
+            encoder["weight"][...] = xp.asarray(rng.uniform(-r, r, encoder["weight"].shape))
+            decoder["weight"][...] = xp.asarray(rng.uniform(-r, r, decoder["weight"].shape))
+            decoder["bias"][...] = 0
+        elif c.init == "normal":
+            encoder["weight"][...] = xp.asarray(rng.normal(0.0, 0.01, encoder["weight"].shape))
+            for layer, name in [(self.rnn, n) for n in self.rnn.params] + [(self.decoder, "weight"), (self.decoder, "bias")]:
+                value = layer.params[name]
+                fan_in = value.shape[1] if value.ndim == 2 else 0
+                value[...] = xp.asarray(rng.normal(0.0, fan_in ** -0.5, value.shape)) if fan_in else 0
 
     def _tie(self) -> None:
         """Point the decoder's weight (and its gradient) at the embedding's: one array, two uses."""

@@ -18,7 +18,7 @@ import numpy as np
 from ..data.batching import TBPTTBatcher
 from ..data.text import load_corpus, shared_data_dir
 from ..data.vocab import Vocab
-from ..models.language_model import LanguageModel, LanguageModelConfig
+from ..models.language_model import INIT_HELP, LanguageModel, LanguageModelConfig
 
 
 @dataclass
@@ -43,7 +43,9 @@ class LMTaskConfig:
     embedding_dropout: float = field(default=0.0, metadata={"help": "dropout on the embeddings"})
     output_dropout: float = field(default=0.0, metadata={"help": "dropout before the output layer"})
     tie_weights: bool = field(default=False, metadata={"help": "share embedding and output weights (E == H)"})
-    init_range: float = field(default=0.1, metadata={"help": "U(-r, r) init of embedding and output (0: defaults)"})
+    init: str = field(default="uniform", metadata={"help": INIT_HELP})
+    init_range: float = field(default=0.1, metadata={"help": "uniform init: U(-r, r) for embedding and output weights "
+                                                             "(0: the layers' defaults)"})
 
     def __post_init__(self):
         for name in ("batch_size", "bptt", "eval_batch_size"):
@@ -97,13 +99,15 @@ class LanguageModelTask:
 
     @classmethod
     def from_checkpoint(cls, path) -> "LanguageModelTask":
+        """The trained model in ``path`` with its corpus rebuilt from the stored task config."""
         from ..checkpoint import load_checkpoint  # noqa: PLC0415
         from ..config import from_dict  # noqa: PLC0415
 
         _, meta = load_checkpoint(path)
         if meta.get("task") != cls.name:
             raise ValueError(f"{path}: not a language-model checkpoint (task {meta.get('task')!r})")
-        config = from_dict(LMTaskConfig, meta["task_config"])
+        # evaluating a checkpoint measures the whole split (max_eval_tokens caps only in-training checks)
+        config = dataclasses.replace(from_dict(LMTaskConfig, meta["task_config"]), max_eval_tokens=0)
         return cls(config, load_lm_corpus(config), int(meta.get("seed", 0)), model=LanguageModel.load(path))
 
     def extra_meta(self) -> dict:

@@ -18,7 +18,9 @@ were already done, so the run continues as if never stopped: the same data order
 draws and learning rates, hence the same metrics. This needs ``task.train_batches(epoch)``
 to depend only on the seed and the epoch (all rnnkit tasks draw their order from
 ``default_rng([seed, epoch])``). Checkpoints are written at each epoch end, every
-``checkpoint_every`` steps, and when a step or time budget stops the run.
+``checkpoint_every`` steps, and when a step or time budget stops the run (mid-epoch: the
+run is evaluated and may update ``best.safetensors``, but the schedule and the early-stopping
+patience move only at complete epochs, so a resumed run's still match).
 
 Divergence. A non-finite loss or gradient stops the step before the weights change, with
 a :class:`DivergenceError` naming the step and the parameters involved;
@@ -104,6 +106,11 @@ class TrainConfig:
                 raise ValueError(f"{name} {getattr(self, name)}; expected >= 1")
 
 
+def _plain_json(value):
+    """``value`` as JSON would give it back (tuples -> lists), for comparing with a checkpoint's header."""
+    return json.loads(json.dumps(value))
+
+
 def _show(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
@@ -162,7 +169,8 @@ class Trainer:
         self.batch_index = 0  # batches of the current epoch already done
         self.step = 0  # optimizer steps taken
         self.sum_loss = self.sum_count = 0.0  # running sums of the current epoch's train loss
-        self.best = math.inf
+        self.best = math.inf  # best main metric of any evaluation (best.safetensors holds those weights)
+        self.best_complete = math.inf  # best of complete epochs only: early stopping counts against it
         self.bad_epochs = 0
         self.rollbacks = 0
         self.history: list[dict] = []
@@ -229,12 +237,12 @@ class Trainer:
             self._log(row, hook="on_epoch_end")
             self._print_epoch(row)
             improved = current < self.best
-            if improved:
-                self.best = current
+            self.best = min(self.best, current)
             if complete:  # a stop mid-epoch leaves the schedule and the patience to the resumed run
                 if cfg.schedule in ("plateau", "step"):
                     self.schedule.step(current)
-                self.bad_epochs = 0 if improved else self.bad_epochs + 1
+                self.bad_epochs = 0 if current < self.best_complete else self.bad_epochs + 1
+                self.best_complete = min(self.best_complete, current)
                 self.epoch, self.batch_index, self.sum_loss, self.sum_count = epoch + 1, 0, 0.0, 0.0
             self.save(best=improved)
             if time.perf_counter() - self._plotted > 30:  # a figure costs ~0.5 s: not after every short epoch
@@ -319,6 +327,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "step": self.step,
                 "sum_loss": self.sum_loss, "sum_count": self.sum_count, "best": self.best,
+                "best_complete": self.best_complete,
                 "bad_epochs": self.bad_epochs, "rollbacks": self.rollbacks,
                 "optimizer": self.optimizer.state_dict()["scalars"],
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
@@ -369,11 +378,17 @@ class Trainer:
         if path is None:
             print(f"no checkpoint in {self.run_dir / 'checkpoints'}; starting fresh")
             return False
+        _, meta = load_checkpoint(path)
+        if _plain_json(meta.get("extra", {})) != _plain_json(self.model.extra_state()):
+            keys = ", ".join(sorted(meta.get("extra", {}))) or "extra state"
+            raise ValueError(f"{path}: the checkpoint's {keys} differ(s) from this run's (other data?); resume with "
+                             "the data the run started with, or start a new run_dir")
         meta = self._load_weights(path, with_optimizer=True)
         t = meta["trainer"]
         self.epoch, self.batch_index, self.step = int(t["epoch"]), int(t["batch_index"]), int(t["step"])
         self.sum_loss, self.sum_count = float(t["sum_loss"]), float(t["sum_count"])
-        self.best, self.bad_epochs, self.rollbacks = float(t["best"]), int(t["bad_epochs"]), int(t["rollbacks"])
+        self.best, self.best_complete = float(t["best"]), float(t["best_complete"])
+        self.bad_epochs, self.rollbacks = int(t["bad_epochs"]), int(t["rollbacks"])
         if self.schedule is not None and t.get("schedule"):
             self.schedule.load_state_dict(t["schedule"])
         streams = random_streams(self.task)
