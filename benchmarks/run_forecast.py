@@ -168,6 +168,25 @@ def train_seeds(config: ForecastConfig, series, names, args):
     return nets, tasks
 
 
+def summarize(path: Path) -> str:
+    """A markdown table of the JSON lines written by ``--out``."""
+    rows = ["| series | h | test origins | network: chosen config | network MAE (5 seeds) | network MAPE % "
+            "| seed-average MAE / MAPE % | seasonal naive MAE / MAPE % | ARIMA (train) MAE / MAPE % "
+            "| ARIMA (train+val) MAE / MAPE % | ARIMA order |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        c, net, avg, naive = r["config"], r["network"], r["network_seed_average"], r["seasonal_naive"]
+        chosen = f"{c['cell']} {c['hidden_size']}, {c['output']}, L={c['input_len']}, {c['transform']}, d={c['difference']}"
+        arima = [f"{r[k]['mae']:.4g} / {r[k]['mape']:.3g}" if k in r else "-" for k in ("arima_train", "arima_train_val")]
+        order = r.get("arima_order", {})
+        order_text = f"{tuple(order['order'])}{tuple(order['seasonal_order'])} {order['transform']}" if order else "-"
+        rows.append(f"| {r['dataset']} | {c['horizon']} | {r['test_origins']} | {chosen} | {fmt(net['mae'])} "
+                    f"| {fmt(net['mape'])} | {avg['mae']:.4g} / {avg['mape']:.3g} | {naive['mae']:.4g} / {naive['mape']:.3g} "
+                    f"| {arima[0]} | {arima[1]} | {order_text} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="air-passengers")
@@ -184,7 +203,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-arima", action="store_true")
     p.add_argument("--figure", type=Path)
     p.add_argument("--out", type=Path)
+    p.add_argument("--summarize", type=Path, help="print a markdown table of a --out file and exit")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
 
     base = {"dataset": args.dataset, "data_dir": args.data_dir, **parse_overrides(args.set)}
     series, names = load_series(from_dict(ForecastConfig, base))
