@@ -32,15 +32,16 @@ def tiny_ids(seed=0):
 
 def tiny_model(cell="lstm", pooling="max", bidirectional=True, num_layers=2, dropout=0.3, seed=1):
     cfg = ClassifierConfig(cell=cell, embedding_dim=4, hidden_size=3, num_layers=num_layers,
-                           bidirectional=bidirectional, pooling=pooling, dropout=dropout, rnn_dropout=0.2)
-    return SequenceClassifier(cfg, V, 3, seed=seed)
+                           bidirectional=bidirectional, pooling=pooling, dropout=dropout, rnn_dropout=0.2,
+                           word_dropout=0.2 if dropout else 0.0)
+    return SequenceClassifier(cfg, V, 3, unk_id=1, seed=seed)
 
 
 # ---- gradients -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell,pooling,bidirectional",
                          list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "max"], [False, True])))
 def test_gradcheck_logits(cell, pooling, bidirectional):
-    """Every parameter, through padded (masked) sequences, with dropout active (its masks replayed)."""
+    """Every parameter, through padded (masked) sequences, with (word) dropout active (its masks replayed)."""
     # 15 random elements of every parameter array keep the 18 cases fast
     report = gradcheck(tiny_model(cell, pooling, bidirectional), (tiny_ids(), MASK), max_elements=15)
     assert report.max_rel_error < 1e-6, str(report)

@@ -2,7 +2,7 @@
 
 ::
 
-    e   = Dropout(Embedding(ids))                      (B, T, E)
+    e   = Dropout(Embedding(WordDropout(ids)))         (B, T, E)
     y   = RNN/LSTM/GRU(e, mask)                        (B, T, dirs*H), stacked, (bi)directional
     v   = Dropout(pool(y, mask))                       (B, dirs*H)   last valid state | mean | max
     z   = v W^T + b                                    (B, C) logits
@@ -37,35 +37,43 @@ class ClassifierConfig:
     dropout: float = field(default=0.5, metadata={"help": "dropout on the embeddings and on the pooled vector"})
     rnn_dropout: float = field(default=0.0, metadata={"help": "dropout between stacked recurrent layers"})
     embedding_init_std: float = field(default=0.1, metadata={"help": "std of the N(0, std) embedding init"})
+    word_dropout: float = field(default=0.0, metadata={"help": "training: replace each token by <unk> with this probability"})
 
     def __post_init__(self):
         if self.cell not in RECURRENT:
             raise ValueError(f"cell {self.cell!r}; expected one of {sorted(RECURRENT)}")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling {self.pooling!r}; expected one of {POOLING_MODES}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout {self.word_dropout!r}; expected 0 <= word_dropout < 1")
 
 
 class SequenceClassifier(Model):
     """Embedding -> (bi)directional stacked RNN/LSTM/GRU -> pooling -> dropout -> affine -> softmax.
 
-    SequenceClassifier(config, vocab_size, num_classes, pad_id=0, labels=None, vocab=None,
-    dtype=None, seed=0). ``labels`` (class names) and ``vocab`` (any JSON-able form of the
-    vocabulary) are carried into checkpoints so a saved model can classify raw text again.
+    SequenceClassifier(config, vocab_size, num_classes, pad_id=0, unk_id=None, labels=None,
+    vocab=None, dtype=None, seed=0). ``unk_id`` is what word dropout turns tokens into.
+    ``labels`` (class names) and ``vocab`` (any JSON-able form of the vocabulary) are carried
+    into checkpoints so a saved model can classify raw text again.
     """
 
     config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig, vocab_size: int, num_classes: int, pad_id: int = 0,
-                 labels: list[str] | None = None, vocab: dict | None = None, dtype=None, seed: int = 0,
-                 rng=None):
+                 unk_id: int | None = None, labels: list[str] | None = None, vocab: dict | None = None,
+                 dtype=None, seed: int = 0, rng=None):
         super().__init__(config)
         if num_classes < 2:
             raise ValueError(f"num_classes {num_classes}; need at least 2 classes")
         if labels is not None and len(labels) != num_classes:
             raise ValueError(f"{len(labels)} label names for num_classes {num_classes}; expected one name per class")
+        if config.word_dropout and unk_id is None:
+            raise ValueError(f"word_dropout {config.word_dropout} needs unk_id, the id that dropped words become")
         self.vocab_size, self.num_classes, self.pad_id = int(vocab_size), int(num_classes), int(pad_id)
+        self.unk_id = None if unk_id is None else int(unk_id)
+        self.rng = rng if rng is not None else backend.default_rng(seed)
+        rng = self.rng
         self.labels, self.vocab = list(labels) if labels is not None else None, vocab
-        rng = rng if rng is not None else backend.default_rng(seed)
         c = config
         dirs = 2 if c.bidirectional else 1
         self.embedding = Embedding(vocab_size, c.embedding_dim, padding_idx=pad_id, dtype=dtype, rng=rng,
@@ -80,11 +88,15 @@ class SequenceClassifier(Model):
 
     def extra_state(self) -> dict:
         return {"vocab_size": self.vocab_size, "num_classes": self.num_classes, "pad_id": self.pad_id,
-                "labels": self.labels, "vocab": self.vocab}
+                "unk_id": self.unk_id, "labels": self.labels, "vocab": self.vocab}
 
     # -- forward / backward -------------------------------------------------------
     def forward(self, ids, mask=None):
         """ids (B, T) int, mask (B, T) bool (None: no padding) -> logits (B, num_classes)."""
+        if self.training and self.config.word_dropout:
+            # word dropout: whole tokens become <unk>, so no single word can carry a sentence
+            drop = self.xp.asarray(self.rng.random(ids.shape) < self.config.word_dropout)
+            ids = self.xp.where(drop, self.unk_id, ids)
         e = self.embed_dropout(self.embedding(ids))
         y, _ = self.rnn(e, mask=mask)
         v = self.dropout(self.pool(y, mask))

@@ -127,7 +127,7 @@ class ClassifyTask:
             names = sorted(set(labels))
             vocab = Vocab.build((w for i in train for w in tokens[i]), min_freq=config.min_freq, specials=(PAD, UNK))
             model = SequenceClassifier(model_config(config), len(vocab), len(names), pad_id=vocab.pad_id,
-                                       labels=names, vocab=vocab.to_dict(), seed=seed)
+                                       unk_id=vocab.unk_id, labels=names, vocab=vocab.to_dict(), seed=seed)
         self.model = model
         self.vocab = Vocab.from_dict(model.vocab)
         self.labels = list(model.labels)
