@@ -16,7 +16,20 @@ from rnnkit.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--bptt", "16", "--no-progress",
-        "--log-every", "10"]
+        "--log-every", "10", "--no-plot"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded_blas():
+    """Tiny matrices gain nothing from BLAS threads, and on a busy machine OpenBLAS's spinning
+    threads make these tests ~10x slower; threadpoolctl comes with the dev extras (scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,19 @@ from rnnkit.tasks.lm import LanguageModelTask, LMTaskConfig, evaluate_ids
 from rnnkit.train import TrainConfig, Trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded_blas():
+    """Tiny matrices gain nothing from BLAS threads, and on a busy machine OpenBLAS's spinning
+    threads make these tests ~10x slower; threadpoolctl comes with the dev extras (scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def tiny_lm(cell="lstm", tie=False, dtype=np.float64, **kw):
     cfg = LanguageModelConfig(vocab_size=11, cell=cell, embedding_size=6, hidden_size=6, num_layers=2,
                               tie_weights=tie, init_range=0.0, **kw)
@@ -98,7 +111,7 @@ def test_small_lm_learns_real_text(tmp_path):
     chance = math.log(len(task.corpus.vocab))
     before = task.evaluate("valid")["loss"]
     trainer = Trainer(task, TrainConfig(epochs=1, lr=5e-3, max_steps=100, run_dir=str(tmp_path / "run"),
-                                        progress=False, eval_test=False), cfg)
+                                        progress=False, plot=False, eval_test=False), cfg)
     result = trainer.fit()
     assert before > 0.95 * chance
     assert result["best_val_loss"] < 2.8, result

@@ -27,6 +27,19 @@ from rnnkit.train import DivergenceError, TrainConfig, Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded_blas():
+    """Tiny matrices gain nothing from BLAS threads, and on a busy machine OpenBLAS's spinning
+    threads make these tests ~10x slower; threadpoolctl comes with the dev extras (scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @functools.lru_cache(maxsize=1)
 def shakespeare():
     return load_corpus("tinyshakespeare", level="char")
@@ -43,7 +56,7 @@ def tiny_lm_task(chars=6_000, **overrides):
 def train(run_dir, resume=False, task_overrides=None, **train_overrides):
     cfg, task = tiny_lm_task(**(task_overrides or {"embedding_dropout": 0.1, "output_dropout": 0.3}))
     options = dict(epochs=2, lr=3e-3, run_dir=str(run_dir), progress=False, eval_test=False, schedule="step",
-                   lr_factor=0.5, log_every=5)
+                   lr_factor=0.5, log_every=5, plot=False)
     tc = TrainConfig(**{**options, **train_overrides})
     trainer = Trainer(task, tc, cfg)
     return trainer.fit(resume=resume), trainer
@@ -156,7 +169,7 @@ def test_nan_gradient_stops_the_step_naming_the_parameter_and_step(tmp_path):
 
     task.backward = poisoned_backward
     weights = {n: p.copy() for n, p, _ in task.model.named_parameters()}
-    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False)
+    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False, plot=False)
     with pytest.raises(DivergenceError, match=r"step 1 \(epoch 1, batch 1\): non-finite gradient in rnn.weight_hh_l0"):
         Trainer(task, tc, cfg).fit()
     for name, p, _ in task.model.named_parameters():
@@ -167,7 +180,7 @@ def test_nan_loss_names_the_non_finite_weights(tmp_path):
     cfg, task = tiny_lm_task()
     task.model.decoder.params["bias"][3] = np.inf
     with pytest.raises(DivergenceError, match=r"step 1 .*loss is (nan|inf) \(non-finite weights in decoder.bias\)"):
-        Trainer(task, TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False), cfg).fit()
+        Trainer(task, TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False, plot=False), cfg).fit()
 
 
 def test_rollback_reloads_the_last_checkpoint_and_halves_lr(tmp_path, capsys):
@@ -181,7 +194,7 @@ def test_rollback_reloads_the_last_checkpoint_and_halves_lr(tmp_path, capsys):
             task.model.rnn.grads["weight_ih_l0"][...] = np.inf
 
     task.backward = backward_with_one_blowup
-    tc = TrainConfig(epochs=1, lr=2e-3, run_dir=str(tmp_path), progress=False, eval_test=False, checkpoint_every=5,
+    tc = TrainConfig(epochs=1, lr=2e-3, run_dir=str(tmp_path), progress=False, plot=False, eval_test=False, checkpoint_every=5,
                      on_divergence="rollback")
     trainer = Trainer(task, tc, cfg)
     trainer.fit()
@@ -195,14 +208,14 @@ def test_rollback_reloads_the_last_checkpoint_and_halves_lr(tmp_path, capsys):
 def test_rollback_without_a_checkpoint_stops(tmp_path):
     cfg, task = tiny_lm_task()
     task.model.decoder.params["bias"][0] = np.nan
-    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False, on_divergence="rollback")
+    tc = TrainConfig(epochs=1, run_dir=str(tmp_path), progress=False, plot=False, on_divergence="rollback")
     with pytest.raises(DivergenceError):
         Trainer(task, tc, cfg).fit()
 
 
 # ----------------------------------------------------------------------------------- files, schedules
 def test_run_dir_files(tmp_path):
-    result, _ = train(tmp_path, epochs=1, eval_test=True)
+    result, _ = train(tmp_path, epochs=1, eval_test=True, plot=True)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["lr"] == 3e-3 and config["task"]["name"] == "lm" and config["task"]["bptt"] == 16
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -222,7 +235,7 @@ def test_resume_with_other_data_is_refused(tmp_path):
     other = dataclasses.replace(task.corpus, vocab=type(task.corpus.vocab)(list(reversed(task.corpus.vocab.itos))))
     task = LanguageModelTask(cfg, other, seed=0)
     with pytest.raises(ValueError, match="the checkpoint's vocab differ"):
-        Trainer(task, TrainConfig(epochs=2, run_dir=str(tmp_path), progress=False)).fit(resume=True)
+        Trainer(task, TrainConfig(epochs=2, run_dir=str(tmp_path), progress=False, plot=False)).fit(resume=True)
 
 
 def test_fresh_run_refuses_to_mix_into_an_old_one(tmp_path):
@@ -287,7 +300,7 @@ class ToyTask:
 
 def test_plateau_schedule_and_early_stopping(tmp_path):
     task = ToyTask([1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
-    tc = TrainConfig(epochs=6, optimizer="sgd", lr=0.1, schedule="plateau", lr_factor=0.5, early_stopping=2,
+    tc = TrainConfig(epochs=6, optimizer="sgd", lr=0.1, schedule="plateau", lr_factor=0.5, early_stopping=2, plot=False,
                      run_dir=str(tmp_path), progress=False)
     result = Trainer(task, tc).fit()
     rows = epoch_rows(tmp_path)
@@ -304,7 +317,7 @@ def trainer_lr_after(run_dir):
 
 
 def test_cosine_schedule_and_max_steps(tmp_path):
-    tc = TrainConfig(epochs=5, optimizer="sgd", lr=0.1, schedule="cosine", max_steps=7, run_dir=str(tmp_path),
+    tc = TrainConfig(epochs=5, optimizer="sgd", lr=0.1, schedule="cosine", max_steps=7, plot=False, run_dir=str(tmp_path),
                      progress=False)
     trainer = Trainer(ToyTask([1.0] * 5), tc)
     result = trainer.fit()

@@ -116,8 +116,8 @@ def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k
 
     The prime is read in one forward pass from a zero state; then each sampled token is
     fed back in with ``model.step``, carrying the recurrent state. Pieces are yielded as
-    they are produced. Word level: each word comes with a leading space and ``<eos>``
-    becomes a newline, so ``prime + "".join(pieces)`` reads naturally. The same ``seed``
+    they are produced. Word level: a word comes with a leading space (none at a line's
+    start) and ``<eos>`` becomes a newline, so ``prime + "".join(pieces)`` reads naturally. The same ``seed``
     (and model) gives the same text; the model's training carry is left untouched.
     """
     if num_tokens < 0:
@@ -132,12 +132,13 @@ def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k
     ids = encode_prime(vocab, prime, level)
     logits, state = model.predict(model.xp.asarray(ids[None, :]))
     last = logits[0, -1]
+    line_start = prime.endswith(("\n", " "))  # word level: no space before a line's first word
     for _ in range(num_tokens):
         token = sample_next(last, rng, temperature, top_k, top_p, greedy)
         piece = vocab.itos[token]
         if level == "word":
-            yield "\n" if piece == "<eos>" else " " + piece
-        else:
-            yield piece
+            piece = "\n" if piece == "<eos>" else (piece if line_start else " " + piece)
+            line_start = piece == "\n"
+        yield piece
         step_logits, state = model.step(np.array([token]), state)
         last = step_logits[0]

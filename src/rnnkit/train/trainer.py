@@ -83,6 +83,7 @@ class TrainConfig:
                                                                  "last checkpoint, halving lr)"})
     max_rollbacks: int = field(default=3, metadata={"help": "rollback: give up after this many"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    plot: bool = field(default=True, metadata={"help": "draw run_dir/loss.png (needs matplotlib)"})
     eval_test: bool = field(default=True, metadata={"help": "evaluate the best weights on the test split at the end"})
     overwrite: bool = field(default=False, metadata={"help": "start afresh even if run_dir holds an earlier run's "
                                                              "checkpoints (they are deleted)"})
@@ -471,6 +472,8 @@ class Trainer:
 
     def _plot(self) -> None:
         """loss.png: train loss per logged step and per epoch, validation per epoch (needs matplotlib)."""
+        if not self.config.plot:
+            return
         try:
             import matplotlib  # noqa: PLC0415
 
