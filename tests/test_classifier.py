@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
 SMS = DATA / "sms-spam-collection" / "SMSSpamCollection"
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """These matrices are tiny: one BLAS thread is faster, and far faster on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional; without it the tests only run slower
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 B, T, V = 3, 5, 11
 LENGTHS = np.array([5, 2, 3])
 MASK = np.arange(T)[None, :] < LENGTHS[:, None]

@@ -20,6 +20,18 @@ DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
 AIR = DATA / "air-passengers" / "AirPassengers.csv"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """These matrices are tiny: one BLAS thread is faster, and far faster on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional; without it the tests only run slower
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 # ---- gradients -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell,output", list(itertools.product(["rnn", "lstm", "gru"], ["last", "sequence"])))
 def test_gradcheck_forward(cell, output):
