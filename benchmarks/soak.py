@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     resumed_best = result["best_val_loss"]
     first, last = rows[len(rows) // 4], rows[-1]
     verdict = {
-        "weights max |diff|": max(diffs),
+        "weights max abs difference": max(diffs),
         "best val loss (resumed / straight)": (resumed_best, straight["best_val_loss"]),
         "rss growth after warm-up (MiB)": last["rss_mib"] - first["rss_mib"],
         "traced growth after warm-up (MiB)": last["traced_mib"] - first["traced_mib"],
