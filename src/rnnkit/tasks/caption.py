@@ -29,6 +29,7 @@ from ..data.batching import pad_batch
 from ..data.captions import FEATURES, CaptionSet, build_caption_data, feature_shape, image_features
 from ..data.vocab import EOS, PAD, SOS, UNK, Vocab
 from ..models.captioner import Captioner, CaptionerConfig
+from .common import find_task_meta
 
 SPLITS = ("train", "valid", "test")
 DIGIT_WEIGHTS = (0.2, 0.4, 0.4)  # how often a scene holds 1, 2, 3 digits
@@ -138,7 +139,7 @@ class CaptionTask:
         from ..models.base import Model  # noqa: PLC0415
 
         _, meta = load_checkpoint(path)
-        task_meta = _find_task_meta(meta, cls.name)
+        task_meta = find_task_meta(meta, cls.name)
         config = from_dict(CaptionTaskConfig, task_meta["config"])
         model = Model.load(path)
         return cls(config, load_data(config), int(task_meta.get("seed", 0)), model=model)
@@ -243,14 +244,6 @@ class CaptionTask:
         if bleu is not None:
             out[prefix + "bleu"] = bleu
         return out
-
-
-def _find_task_meta(meta: dict, name: str) -> dict:
-    """The task's ``extra_meta()`` inside a checkpoint's metadata (top level or one section down)."""
-    for candidate in [meta] + [v for v in meta.values() if isinstance(v, dict)]:
-        if candidate.get("task") == name and "task_config" in candidate:
-            return {"config": candidate["task_config"], "seed": candidate.get("seed", 0)}
-    raise ValueError(f"checkpoint holds no {name!r} task config; was it written by `rnnkit train --task {name}`?")
 
 
 __all__ = ["CaptionTaskConfig", "CaptionTask", "corpus_bleu", "load_data", "model_config"]

@@ -30,6 +30,7 @@ from ..data.tasks import load_labelled_file, load_rt_polarity, load_sms_spam
 from ..data.text import shared_data_dir
 from ..data.vocab import PAD, UNK, Vocab
 from ..models.classifier import ClassifierConfig, SequenceClassifier
+from .common import bucketed_batches, find_task_meta
 
 NAMED = ("rt-polarity", "sms-spam")
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
@@ -171,18 +172,6 @@ class ClassifyTask:
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
 
-    def _bucketed(self, idx: np.ndarray, rng) -> list[np.ndarray]:
-        """Shuffled batches of similar lengths: sort chunks of 50 batches by length, cut, shuffle."""
-        bs = self.config.batch_size
-        idx = rng.permutation(idx)
-        batches = []
-        for start in range(0, len(idx), 50 * bs):
-            chunk = idx[start:start + 50 * bs]
-            chunk = chunk[np.argsort([len(self.ids[i]) for i in chunk], kind="stable")]
-            batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
-        order = rng.permutation(len(batches))
-        return [batches[k] for k in order]
-
     def batch(self, idx):
         """(ids (B, T), mask (B, T), labels (B,)) of examples ``idx``."""
         ids, mask = pad_batch([self.ids[i] for i in idx], self.vocab.pad_id)
@@ -191,7 +180,7 @@ class ClassifyTask:
     def train_batches(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
         xp = self.model.xp
-        for idx in self._bucketed(self.splits["train"], rng):
+        for idx in bucketed_batches(self.splits["train"], self.ids, self.config.batch_size, rng):
             yield tuple(xp.asarray(a) for a in self.batch(idx))
 
     def num_train_batches(self) -> int:
@@ -248,14 +237,6 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, positive: int | Non
         out.update(precision=precision, recall=recall,
                    f1=0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
     return out
-
-
-def find_task_meta(meta: dict, name: str) -> dict:
-    """The task's ``extra_meta()`` inside a checkpoint's metadata (top level or one section down)."""
-    for candidate in [meta] + [v for v in meta.values() if isinstance(v, dict)]:
-        if candidate.get("task") == name and "task_config" in candidate:
-            return {"config": candidate["task_config"], "seed": candidate.get("seed", 0)}
-    raise ValueError(f"checkpoint holds no {name!r} task config; was it written by `rnnkit train --task {name}`?")
 
 
 __all__ = ["ClassifyConfig", "ClassifyTask", "classification_metrics", "word_tokens", "split_indices"]

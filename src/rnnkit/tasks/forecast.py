@@ -36,7 +36,8 @@ import numpy as np
 from .. import backend
 from ..data.series import Scaler, load_series_csv
 from ..models.forecaster import Forecaster, ForecasterConfig
-from .classify import data_dir, find_task_meta
+from .classify import data_dir
+from .common import find_task_meta
 
 
 @dataclass(frozen=True)

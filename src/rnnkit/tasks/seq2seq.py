@@ -36,6 +36,7 @@ from ..data.tasks import load_seq2seq_file, make_addition_problems, make_date_pr
 from ..data.text import shared_data_dir
 from ..data.vocab import EOS, PAD, SOS, UNK, Vocab
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
+from .common import bucketed_batches, find_task_meta
 
 NAMED = {"addition": ("dl2-addition", "addition.txt"), "date": ("dl2-date", "date.txt")}
 GENERATED = ("gen-addition", "gen-date")
@@ -158,8 +159,8 @@ class Seq2SeqTask:
         from ..models.base import Model  # noqa: PLC0415
 
         _, meta = load_checkpoint(path)
-        task_meta = _find_task_meta(meta, cls.name)
-        config = from_dict(Seq2SeqTaskConfig, task_meta["task_config"])
+        task_meta = find_task_meta(meta, cls.name)
+        config = from_dict(Seq2SeqTaskConfig, task_meta["config"])
         return cls(config, load_pairs(config), int(task_meta.get("seed", 0)), model=Model.load(path))
 
     def extra_meta(self) -> dict:
@@ -176,20 +177,9 @@ class Seq2SeqTask:
         tgt, tgt_mask = pad_batch([self.tgt[i] for i in idx], pad)
         return src, src_mask, tgt, tgt_mask
 
-    def _bucketed(self, idx: np.ndarray, rng) -> list[np.ndarray]:
-        """Shuffled batches of similar source lengths (less padding): sort chunks of 50 batches, cut, shuffle."""
-        bs = self.config.batch_size
-        idx = rng.permutation(idx)
-        batches = []
-        for start in range(0, len(idx), 50 * bs):
-            chunk = idx[start:start + 50 * bs]
-            chunk = chunk[np.argsort([len(self.src[i]) for i in chunk], kind="stable")]
-            batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
-        return [batches[k] for k in rng.permutation(len(batches))]
-
     def train_batches(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
-        for idx in self._bucketed(self.splits["train"], rng):
+        for idx in bucketed_batches(self.splits["train"], self.src, self.config.batch_size, rng):
             yield self.batch(idx)
 
     def num_train_batches(self) -> int:
@@ -251,14 +241,6 @@ class Seq2SeqTask:
         else:
             hyps = self.model.greedy_decode(src, src_mask)
         return ["".join(self.vocab.decode(h.tokens)) for h in hyps]
-
-
-def _find_task_meta(meta: dict, name: str) -> dict:
-    """The task's ``extra_meta()`` inside a checkpoint's metadata (top level or one section down)."""
-    for candidate in [meta] + [v for v in meta.values() if isinstance(v, dict)]:
-        if candidate.get("task") == name and "task_config" in candidate:
-            return candidate
-    raise ValueError(f"checkpoint holds no {name!r} task config; was it written by `rnnkit train --task {name}`?")
 
 
 __all__ = ["Seq2SeqTaskConfig", "Seq2SeqTask", "load_pairs", "split_indices", "model_config"]
