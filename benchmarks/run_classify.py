@@ -8,6 +8,7 @@ over runs) to stdout.
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --out runs/rt.jsonl
     python benchmarks/run_classify.py --dataset sms-spam --seeds 0 1 2 --out runs/sms.jsonl
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --only 0 1 --set cell=gru pooling=mean
+    python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --epochs 6 --patience 1 --ema-decay 0.998
 
 ``--set name=value`` overrides any ClassifyConfig field (the same names as the CLI flags).
 With several ``--seeds`` the splits stay put (``split_seed``) and the summary also scores
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without a better val loss")
     p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="average the weights (TrainConfig.ema_decay): validate, early-stop on and test the "
+                        "exponential moving average of the weights, with this decay per step (0: off)")
     p.add_argument("--run-dir", default="runs/classify", help="checkpoints of the current run (overwritten)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ClassifyConfig overrides")
     p.add_argument("--out", type=Path, help="append one JSON line per run here")
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
                   flush=True)
             start = time.time()
             train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, clip=args.clip, early_stopping=args.patience,
-                                    seed=seed, run_dir=args.run_dir, overwrite=True, progress=False)
+                                    ema_decay=args.ema_decay, seed=seed, run_dir=args.run_dir, overwrite=True,
+                                    progress=False)
             res = Trainer(task, train_cfg, cfg).fit()
             res.update(fold=fold, seed=seed, seconds=round(time.time() - start, 1), config=to_dict(cfg),
                        train=to_dict(train_cfg))

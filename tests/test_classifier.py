@@ -241,6 +241,25 @@ def test_trainer_run_and_reload_from_its_checkpoint(tmp_path):
     assert again.evaluate("test")["loss"] == pytest.approx(result["test_loss"])
 
 
+def test_weight_averaging_scores_and_saves_the_averaged_weights(tmp_path):
+    """ema_decay: the test figure and best.safetensors are the averaged model's, not the raw weights'."""
+    from rnnkit.checkpoint import load_checkpoint
+    from rnnkit.train.trainer import RAW_PREFIX, Trainer, TrainConfig
+
+    cfg = ClassifyConfig(dataset=str(write_labelled_csv(tmp_path / "toy.csv")), embedding_dim=8, hidden_size=8,
+                         batch_size=4, val_fraction=0.2, test_fraction=0.2)
+    task = ClassifyTask.from_config(cfg, seed=1)
+    train_cfg = TrainConfig(epochs=3, lr=1e-2, seed=1, run_dir=str(tmp_path / "run"), progress=False, plot=False,
+                            ema_decay=0.9)
+    result = Trainer(task, train_cfg, cfg).fit()
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    again = ClassifyTask.from_checkpoint(best)
+    assert again.evaluate("test")["loss"] == pytest.approx(result["test_loss"])
+    tensors, _ = load_checkpoint(best)
+    again.model.load_state_dict({n[len(RAW_PREFIX):]: v for n, v in tensors.items() if n.startswith(RAW_PREFIX)})
+    assert again.evaluate("test")["loss"] != pytest.approx(result["test_loss"], rel=1e-3)
+
+
 def test_left_padding_gives_the_same_prediction():
     """Masked steps carry the state and are skipped by every pooling, wherever they sit."""
     for pooling in ("last", "mean", "max"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -333,3 +334,69 @@ def test_config_errors():
         TrainConfig(on_divergence="ignore")
     with pytest.raises(ValueError, match="epochs 0"):
         TrainConfig(epochs=0)
+
+
+# ----------------------------------------------------------------------------------- weight averaging
+class RecordWeights:
+    """on_step (log_every=1): the raw weights after every optimizer step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step(self, trainer, row):
+        self.steps.append({n: p.astype(np.float64) for n, p, _ in trainer.model.named_parameters()})
+
+
+def test_ema_weights_are_what_is_validated_saved_and_tested(tmp_path):
+    from rnnkit.checkpoint import load_checkpoint
+    from rnnkit.train.trainer import RAW_PREFIX
+
+    decay, record = 0.9, RecordWeights()
+    cfg, task = tiny_lm_task(embedding_dropout=0.1)
+    tc = TrainConfig(epochs=2, lr=3e-3, run_dir=str(tmp_path), progress=False, plot=False, log_every=1,
+                     ema_decay=decay)
+    trainer = Trainer(task, tc, cfg, callbacks=[record])
+    result = trainer.fit()
+    final = {n: p.copy() for n, p, _ in trainer.model.named_parameters()}  # the run ends on the weights it tests
+    # the average of every step's weights, weighted decay**(t-i) and normalised
+    t = len(record.steps)
+    w = decay ** np.arange(t - 1, -1, -1)
+    expected = {n: sum(wi * s[n] for wi, s in zip(w, record.steps)) / w.sum() for n in record.steps[0]}
+    tensors, meta = load_checkpoint(CheckpointManager(tmp_path / "checkpoints").latest())
+    assert meta["trainer"]["ema_count"] == t == 2 * 47
+    for name, value in expected.items():
+        np.testing.assert_allclose(tensors[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(tensors[RAW_PREFIX + name], record.steps[-1][name].astype(np.float32))
+        assert not np.allclose(tensors[name], tensors[RAW_PREFIX + name], rtol=1e-3, atol=1e-4), name
+    # validation was of the averaged weights: the logged val_loss is theirs, not the raw weights'
+    model = LanguageModel.load(CheckpointManager(tmp_path / "checkpoints").latest())
+    task.model.load_state_dict(model.state_dict())
+    assert task.evaluate("valid")["loss"] == pytest.approx(epoch_rows(tmp_path)[-1]["val_loss"], rel=1e-6)
+    task.model.load_state_dict({n: v for n, v in tensors.items() if n.startswith(RAW_PREFIX)
+                                for n in [n[len(RAW_PREFIX):]]})
+    assert task.evaluate("valid")["loss"] != pytest.approx(epoch_rows(tmp_path)[-1]["val_loss"], rel=1e-4)
+    # best.safetensors holds averaged weights (not its raw ones), and they are what the run ends on (to test)
+    best, meta = load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")
+    assert meta["trainer"]["step"] == meta["trainer"]["ema_count"] > 0 and result["best_val_loss"] < math.inf
+    for name, value in final.items():
+        np.testing.assert_array_equal(value, best[name], err_msg=name)
+        assert not np.allclose(best[name], best[RAW_PREFIX + name], rtol=1e-3, atol=1e-4), name
+
+
+def test_resume_mid_epoch_with_ema_matches_an_uninterrupted_run(tmp_path):
+    train(tmp_path / "straight", ema_decay=0.95)
+    train(tmp_path / "resumed", ema_decay=0.95, max_steps=30)
+    _, trainer = train(tmp_path / "resumed", resume=True, ema_decay=0.95)
+    assert trainer.average.count == 2 * 47
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    with pytest.raises(ValueError, match="written by a run with weight averaging; this one has ema_decay 0.0"):
+        train(tmp_path / "resumed", resume=True, epochs=3)
+    train(tmp_path / "plain", epochs=1)
+    with pytest.raises(ValueError, match="written by a run without weight averaging; this one has ema_decay 0.9"):
+        train(tmp_path / "plain", resume=True, epochs=2, ema_decay=0.9)
+
+
+def test_ema_config_errors():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"ema_decay {bad}; expected 0 <= ema_decay < 1"):
+            TrainConfig(ema_decay=bad)

@@ -28,11 +28,18 @@ a :class:`DivergenceError` naming the step and the parameters involved;
 state, halves the learning rate, resets the carried state and goes on with the next batch
 (at most ``max_rollbacks`` times).
 
+Weight averaging. ``ema_decay`` > 0 keeps an exponential moving average of the weights,
+updated after every optimizer step (:class:`WeightAverage`). The averaged weights are the
+model: they are validated (so early stopping and ``best.safetensors`` follow them), saved
+as the model's weights in every checkpoint and tested; the raw weights that training goes
+on from are saved beside them (``optim.raw.*``) for resume and rollback.
+
 Files in ``run_dir``: ``config.json`` (resolved config), ``metrics.jsonl`` (every logged
 row), ``metrics.csv`` (one row per epoch), ``loss.png`` (needs matplotlib), ``result.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -49,6 +56,7 @@ from ..checkpoint import CheckpointManager, load_checkpoint, write_bytes_atomic,
 from ..models.base import TRAINER_PREFIX
 
 CARRY_PREFIX = TRAINER_PREFIX + "carry."  # the model's carried state inside a mid-epoch checkpoint
+RAW_PREFIX = TRAINER_PREFIX + "raw."  # the raw (not averaged) weights, when the run averages its weights
 
 
 class DivergenceError(RuntimeError):
@@ -82,6 +90,10 @@ class TrainConfig:
     on_divergence: str = field(default="stop", metadata={"help": "NaN/inf loss or gradient: stop | rollback (to the "
                                                                  "last checkpoint, halving lr)"})
     max_rollbacks: int = field(default=3, metadata={"help": "rollback: give up after this many"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "average the weights: an exponential moving average with this decay per optimizer step (0: off; "
+                "0.998 averages over roughly the last 500 steps), bias-corrected so it starts at the first step's "
+                "weights. The averaged weights are validated, early-stopped on, saved as the model and tested"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     plot: bool = field(default=True, metadata={"help": "draw run_dir/loss.png (needs matplotlib)"})
     eval_test: bool = field(default=True, metadata={"help": "evaluate the best weights on the test split at the end"})
@@ -98,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"epochs {self.epochs}; expected >= 1")
         if not self.lr > 0:
             raise ValueError(f"lr {self.lr}; expected > 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay {self.ema_decay}; expected 0 <= ema_decay < 1 (0: no weight averaging)")
         for name in ("max_steps", "checkpoint_every", "early_stopping", "max_rollbacks", "lr_patience",
                      "warmup_steps"):
             if getattr(self, name) < 0:
@@ -136,6 +150,45 @@ def make_schedule(opt, config: TrainConfig, steps_per_epoch: int):
     return None
 
 
+class WeightAverage:
+    """Bias-corrected exponential moving average of a model's parameters.
+
+    After step t: ``avg_t = avg_{t-1} + (1 - d) / (1 - d**t) * (p_t - avg_{t-1})``, which is
+    ``sum_i d**(t-i) p_i / sum_i d**(t-i)``: the EMA normalised by its weights, so it neither
+    starts from zero nor leans on the initial weights (``avg_1 = p_1``).
+    """
+
+    def __init__(self, model, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay {decay}; expected 0 < decay < 1")
+        self.model, self.decay, self.count = model, float(decay), 0
+        self.weights = {name: p.copy() for name, p, _ in model.named_parameters()}
+
+    def update(self) -> None:
+        """Fold the model's current weights in (after an optimizer step)."""
+        self.count += 1
+        rate = (1.0 - self.decay) / (1.0 - self.decay ** self.count)
+        for name, p, _ in self.model.named_parameters():
+            avg = self.weights[name]
+            avg += rate * (p - avg)
+
+    def load(self, weights: dict, count: int) -> None:
+        """Restore a saved average (``weights``: name -> array) after ``count`` updates."""
+        for name, avg in self.weights.items():
+            avg[...] = backend.get_array_module(avg).asarray(weights[name], dtype=avg.dtype)
+        self.count = int(count)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; its own come back after."""
+        own = {name: p.copy() for name, p, _ in self.model.named_parameters()}
+        self.model.load_state_dict(self.weights)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
+
+
 def random_streams(task) -> list[np.random.Generator]:
     """Every Generator a run draws from: the task's (``task.rng``) and each layer's (dropout), in a fixed order."""
     streams = [g for g in (getattr(task, "rng", None),) if isinstance(g, np.random.Generator)]
@@ -164,6 +217,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config)
         self.schedule = make_schedule(self.optimizer, config, task.num_train_batches())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep=config.keep_checkpoints)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.unit = getattr(task, "unit", "items")  # what train_loss counts: "tok" for a language model
         # counters; all of them go into every checkpoint
         self.epoch = 0  # the epoch in progress (= epochs completed, between epochs)
@@ -211,6 +265,8 @@ class Trainer:
                         raise
                     continue
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update()
                 if cfg.schedule == "cosine":
                     self.schedule.step()
                 self.step += 1
@@ -230,7 +286,8 @@ class Trainer:
                 bar.close()
             complete = stop_reason is None
             seconds = time.perf_counter() - t0
-            metrics = {f"val_{k}": v for k, v in task.evaluate("valid").items()}
+            with self._averaged():
+                metrics = {f"val_{k}": v for k, v in task.evaluate("valid").items()}
             current = metrics.get(task.main_metric, self.sum_loss / max(self.sum_count, 1))
             row = {"split": "epoch", "epoch": epoch, "step": self.step, "complete": complete,
                    "train_loss": self.sum_loss / max(self.sum_count, 1), "lr": self.optimizer.lr,
@@ -273,6 +330,10 @@ class Trainer:
                 print("test: " + ", ".join(f"{k} {_show(v)}" for k, v in test.items()))
         write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+    def _averaged(self):
+        """A context in which the model holds the averaged weights (none: its own)."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def _budget_spent(self) -> str | None:
         cfg = self.config
@@ -330,6 +391,7 @@ class Trainer:
                 "sum_loss": self.sum_loss, "sum_count": self.sum_count, "best": self.best,
                 "best_complete": self.best_complete,
                 "bad_epochs": self.bad_epochs, "rollbacks": self.rollbacks,
+                "ema_count": self.average.count if self.average is not None else None,
                 "optimizer": self.optimizer.state_dict()["scalars"],
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
                 "rng": [g.bit_generator.state for g in random_streams(self.task)]}
@@ -339,6 +401,9 @@ class Trainer:
         extra = self.task.extra_meta() if hasattr(self.task, "extra_meta") else {}
         meta = {**extra, "train_config": dataclasses.asdict(self.config), "trainer": self._trainer_state()}
         tensors, payload = self.model.checkpoint_payload(meta)
+        if self.average is not None:  # the file's model is the averaged one; training goes on from the raw weights
+            for name, avg in self.average.weights.items():
+                tensors[RAW_PREFIX + name], tensors[name] = tensors[name], backend.to_numpy(avg)
         for key, value in self.optimizer.state_dict()["tensors"].items():
             tensors[TRAINER_PREFIX + key] = backend.to_numpy(value)
         if self.batch_index and hasattr(self.model, "carried_state"):
@@ -351,8 +416,16 @@ class Trainer:
         own = {n for n, _, _ in self.model.named_parameters()}
         self.model.load_state_dict({n: v for n, v in tensors.items() if n in own})
         if with_optimizer:
-            opt_tensors = {n[len(TRAINER_PREFIX):]: v for n, v in tensors.items()
-                           if n.startswith(TRAINER_PREFIX) and not n.startswith(CARRY_PREFIX)}
+            raw = {n[len(RAW_PREFIX):]: v for n, v in tensors.items() if n.startswith(RAW_PREFIX)}
+            if bool(raw) != (self.average is not None):
+                raise ValueError(f"{path}: written by a run {'with' if raw else 'without'} weight averaging; "
+                                 f"this one has ema_decay {self.config.ema_decay}: continue it with the ema_decay "
+                                 "it was written with")
+            if self.average is not None:  # the file's model weights are the average
+                self.average.load({n: v for n, v in tensors.items() if n in own}, meta["trainer"]["ema_count"])
+                self.model.load_state_dict(raw)
+            opt_tensors = {n[len(TRAINER_PREFIX):]: v for n, v in tensors.items() if n.startswith(TRAINER_PREFIX)
+                           and not n.startswith(CARRY_PREFIX) and not n.startswith(RAW_PREFIX)}
             self.optimizer.load_state_dict({"scalars": meta["trainer"]["optimizer"], "tensors": opt_tensors})
             self._carry = {n[len(CARRY_PREFIX):]: v for n, v in tensors.items() if n.startswith(CARRY_PREFIX)}
         return meta
