@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rnnkit import optim
 from rnnkit.checkpoint import CheckpointManager
 from rnnkit.data.text import load_corpus
 from rnnkit.layers import Linear, MSELoss
@@ -204,6 +205,36 @@ def test_rollback_reloads_the_last_checkpoint_and_halves_lr(tmp_path, capsys):
     assert all(np.isfinite(p).all() for _, p, _ in task.model.named_parameters())
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "rollback"] == [11]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_rollback_halves_the_schedules_rates_too(tmp_path, schedule):
+    """A schedule that sets lr from its base rate must not undo the rollback's halving at its next step."""
+    cfg, task = tiny_lm_task()
+    original, calls, lrs = task.backward, [], []
+
+    def backward_with_one_blowup():
+        original()
+        calls.append(1)
+        lrs.append(trainer.optimizer.lr)
+        if len(calls) == 12:
+            task.model.rnn.grads["weight_ih_l0"][...] = np.inf
+
+    task.backward = backward_with_one_blowup
+    tc = TrainConfig(epochs=2, lr=2e-3, run_dir=str(tmp_path), progress=False, plot=False, eval_test=False,
+                     checkpoint_every=5, on_divergence="rollback", schedule=schedule, lr_step_size=100, lr_factor=0.5)
+    trainer = Trainer(task, tc, cfg)
+    trainer.fit()
+    assert trainer.rollbacks == 1
+    n = len(lrs)
+    if schedule == "step":  # steps at epoch ends, but never reaches a decay: its rate stays the halved base
+        assert lrs[:12] == pytest.approx([2e-3] * 12)
+        assert lrs[12:] == pytest.approx([1e-3] * (n - 12))
+    else:  # cosine: half of the undisturbed schedule (call 12's step failed, so call k >= 13 ran after k - 2 steps)
+        undisturbed = optim.CosineLR(optim.SGD(task.model, lr=2e-3), total_steps=trainer.schedule.total_steps)
+        expected = [2e-3] + [undisturbed.step() for _ in range(n)]
+        assert lrs[:12] == pytest.approx(expected[:12])
+        assert lrs[12:] == pytest.approx([0.5 * e for e in expected[11 : n - 1]])
 
 
 def test_rollback_without_a_checkpoint_stops(tmp_path):

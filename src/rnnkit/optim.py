@@ -158,6 +158,11 @@ class _Schedule:
         self.base_lr = optimizer.lr
         self.last_step = 0
 
+    def scale(self, factor: float) -> None:
+        """Multiply every learning rate this schedule will set by ``factor`` (a divergence rollback
+        halves them); the optimizer's current rate is the caller's to set."""
+        self.base_lr *= factor
+
     def state_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k != "optimizer"}
 
@@ -221,6 +226,10 @@ class CosineLR(_Schedule):
         self.total_steps, self.warmup_steps, self.min_lr = total_steps, warmup_steps, min_lr
         if warmup_steps:
             optimizer.lr = self.base_lr / warmup_steps
+
+    def scale(self, factor: float) -> None:
+        super().scale(factor)
+        self.min_lr = min(self.min_lr, self.base_lr)  # the decay still ends at or below where it starts
 
     def step(self, metric=None) -> float:
         self.last_step += 1

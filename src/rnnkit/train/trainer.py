@@ -379,6 +379,8 @@ class Trainer:
         lr = self.optimizer.lr * 0.5
         self._load_weights(path, with_optimizer=True)
         self.optimizer.lr = lr
+        if self.schedule is not None:  # else a cosine or step schedule sets the old rate at its next step
+            self.schedule.scale(0.5)
         if hasattr(self.model, "reset_state"):
             self.model.reset_state()  # the carried state may hold the NaNs
         print(f"{exc}; rolled back to {path.name} ({self.rollbacks}/{self.config.max_rollbacks}), lr -> {lr:g}")
