@@ -160,6 +160,23 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
     assert_same_run(straight_dir, run_dir)
 
 
+def test_eval_every_logs_validation_inside_epochs_without_disturbing_training(tmp_path, straight):
+    """Mid-epoch evaluations (dropout, carried state, a step schedule) leave the run exactly as it was."""
+    result, trainer = train(tmp_path / "evals", eval_every=7)
+    assert_same_run(straight[0], tmp_path / "evals")
+    rows = [json.loads(line) for line in (tmp_path / "evals" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == list(range(7, trainer.step + 1, 7))
+    assert all(math.isfinite(r["val_loss"]) and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
+    # an evaluation at an epoch's last step sees the same weights as that epoch's own evaluation
+    ends = {r["step"]: r["val_loss"] for r in rows if r["split"] == "epoch"}
+    for r in evals:
+        if r["step"] in ends:
+            assert r["val_loss"] == pytest.approx(ends[r["step"]], rel=1e-12)
+    with pytest.raises(ValueError, match="eval_every -1"):
+        TrainConfig(eval_every=-1)
+
+
 # ----------------------------------------------------------------------------------- divergence
 def test_nan_gradient_stops_the_step_naming_the_parameter_and_step(tmp_path):
     cfg, task = tiny_lm_task()

@@ -3,8 +3,8 @@
 ``Trainer.fit`` reads top to bottom. For each epoch: ``task.start_epoch`` (a language
 model resets its carried state), then for each batch: forward (``task.train_loss``),
 backward, check for NaN/inf, clip (the norm before clipping is logged), optimizer step,
-log; then evaluate the validation split, step the learning-rate schedule on the main
-metric, checkpoint (last + best), early-stop. At the end the best weights are evaluated
+log (and every ``eval_every`` steps a validation row); then evaluate the validation split,
+step the learning-rate schedule on the main metric, checkpoint (last + best), early-stop. At the end the best weights are evaluated
 on the test split. The trainer knows nothing of language models or seq2seq: the task does
 (:mod:`rnnkit.train.task`).
 
@@ -90,6 +90,10 @@ class TrainConfig:
     on_divergence: str = field(default="stop", metadata={"help": "NaN/inf loss or gradient: stop | rollback (to the "
                                                                  "last checkpoint, halving lr)"})
     max_rollbacks: int = field(default=3, metadata={"help": "rollback: give up after this many"})
+    eval_every: int = field(default=0, metadata={
+        "help": "also evaluate on the validation split every this many optimizer steps (0: at epoch ends only); "
+                "logged and plotted, while the best checkpoint, early stopping and the plateau schedule follow "
+                "the epoch-end evaluations"})
     ema_decay: float = field(default=0.0, metadata={
         "help": "average the weights: an exponential moving average with this decay per optimizer step (0: off; "
                 "0.998 averages over roughly the last 500 steps), bias-corrected so it starts at the first step's "
@@ -112,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"lr {self.lr}; expected > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay {self.ema_decay}; expected 0 <= ema_decay < 1 (0: no weight averaging)")
-        for name in ("max_steps", "checkpoint_every", "early_stopping", "max_rollbacks", "lr_patience",
+        for name in ("max_steps", "checkpoint_every", "eval_every", "early_stopping", "max_rollbacks", "lr_patience",
                      "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)}; expected >= 0")
@@ -280,6 +284,8 @@ class Trainer:
                     self._log({"split": "train", "epoch": epoch, "step": self.step, "loss": loss,
                                "grad_norm": norm, "lr": self.optimizer.lr, f"{self.unit}_per_s": rate},
                               hook="on_step")
+                if cfg.eval_every and self.step % cfg.eval_every == 0:  # before the checkpoint: see _read_history
+                    self._evaluate_mid_epoch(epoch, bar)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
             if bar is not None:
@@ -330,6 +336,20 @@ class Trainer:
                 print("test: " + ", ".join(f"{k} {_show(v)}" for k, v in test.items()))
         write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+    def _evaluate_mid_epoch(self, epoch: int, bar) -> None:
+        """A logged validation row inside an epoch (``eval_every``); training goes on undisturbed:
+        the tasks evaluate in eval mode with their own state (the carry is left alone) and draw
+        no random numbers; train mode is restored here."""
+        with self._averaged():
+            metrics = {f"val_{k}": v for k, v in self.task.evaluate("valid").items()}
+        self.model.train()
+        self._log({"split": "eval", "epoch": epoch, "step": self.step, **metrics}, hook="on_eval")
+        line = f"step {self.step} (epoch {epoch + 1}): " + ", ".join(f"{k} {_show(v)}" for k, v in metrics.items())
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line, flush=True)
 
     def _averaged(self):
         """A context in which the model holds the averaged weights (none: its own)."""
@@ -546,7 +566,7 @@ class Trainer:
               + f", lr {row['lr']:.3g}, {row[f'{self.unit}_per_s']:,.0f} {self.unit}/s", flush=True)
 
     def _plot(self) -> None:
-        """loss.png: train loss per logged step and per epoch, validation per epoch (needs matplotlib)."""
+        """loss.png: train loss per logged step and per epoch, validation per epoch and ``eval_every`` (needs matplotlib)."""
         if not self.config.plot:
             return
         try:
@@ -561,14 +581,16 @@ class Trainer:
             return
         train = [r for r in self.history if r["split"] == "train"]
         epochs = [r for r in self.history if r["split"] == "epoch"]
+        valid = sorted((r for r in self.history if r["split"] in ("epoch", "eval") and "val_loss" in r),
+                       key=lambda r: r["step"])
         fig, ax = plt.subplots(figsize=(7, 4))
         if train:
             ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train (logged steps)")
         if epochs:
             ax.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch mean)")
-            if any("val_loss" in r for r in epochs):
-                ax.plot([r["step"] for r in epochs if "val_loss" in r], [r["val_loss"] for r in epochs if "val_loss" in r],
-                        "s-", label="validation")
+        if valid:
+            ax.plot([r["step"] for r in valid], [r["val_loss"] for r in valid], "s-", ms=4 if len(valid) > 30 else 6,
+                    label="validation")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (nats per item)" if self.unit == "items" else f"loss (nats per {self.unit})")
         ax.set_title(f"{getattr(self.task, 'name', 'task')}: loss")
