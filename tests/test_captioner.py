@@ -5,6 +5,8 @@ extras install it) and skip cleanly without it; the model tests need NumPy only.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -220,7 +222,7 @@ def test_features(digits):
 def small_task_config(**overrides):
     from rnnkit.tasks.caption import CaptionTaskConfig
 
-    values = dict(cell="lstm", conditioning="init", encoder_hidden=0, hidden_size=48, embedding_dim=16,
+    values = dict(cell="lstm", conditioning="init", encoder_hidden=0, hidden_size=48, embedding_dim=16, dropout=0.0,
                   num_train=1200, num_val=100, num_test=200, max_digits=1, batch_size=50)
     values.update(overrides)
     return CaptionTaskConfig(**values)
@@ -272,3 +274,14 @@ def test_task_contract_and_checkpoint_roundtrip(trained_task, tmp_path):
     restored = CaptionTask.from_checkpoint(path)
     assert restored.generate("test", idx=np.arange(20)) == greedy
     assert restored.data["test"].captions == task.data["test"].captions
+
+
+def test_train_help_lists_every_caption_flag():
+    """``rnnkit train --task caption --help`` formats (a bare % in a help string broke argparse)."""
+    from rnnkit import cli
+    from rnnkit.tasks import get_task
+    from rnnkit.tasks.caption import CaptionTaskConfig
+
+    text = cli.build_train_parser(get_task("caption")).format_help()
+    for f in dataclasses.fields(CaptionTaskConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name

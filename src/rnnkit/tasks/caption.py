@@ -51,7 +51,7 @@ class CaptionTaskConfig(CaptionerConfig):
     num_train: int = field(default=8000, metadata={"help": "training scenes"})
     num_val: int = field(default=500, metadata={"help": "validation scenes"})
     num_test: int = field(default=1000, metadata={"help": "test scenes"})
-    max_digits: int = field(default=3, metadata={"help": "digits per scene: 1 to this (1: 20%, 2: 40%, 3: 40%, renormalised)"})
+    max_digits: int = field(default=3, metadata={"help": "digits per scene: 1 to this (1: 20 percent, 2: 40, 3: 40, renormalised)"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the digit pictures kept for validation scenes"})
     test_fraction: float = field(default=0.2, metadata={"help": "fraction of the digit pictures kept for test scenes"})
     batch_size: int = field(default=64, metadata={"help": "scenes per training batch"})
