@@ -72,5 +72,8 @@ class Linear(Layer):
         dy2 = dy.reshape(-1, self.out_features)
         _accumulate_matmul(self.grads["weight"], dy2.T, x2)
         if "bias" in self.params:
-            self.grads["bias"] += dy2.sum(axis=0)
+            # the column sums as a GEMV, which the BLAS runs on all its threads: (700, 10000)
+            # on 2 cores 0.4 ms, against 2.4 ms for NumPy's one-thread dy2.sum(axis=0)
+            xp = backend.get_array_module(dy2)
+            self.grads["bias"] += xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
         return (dy2 @ self.params["weight"]).reshape(x.shape)
