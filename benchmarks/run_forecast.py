@@ -178,6 +178,7 @@ def summarize(path: Path) -> str:
         r = json.loads(line)
         c, net, avg, naive = r["config"], r["network"], r["network_seed_average"], r["seasonal_naive"]
         chosen = f"{c['cell']} {c['hidden_size']}, {c['output']}, L={c['input_len']}, {c['transform']}, d={c['difference']}"
+        chosen += ", residual" if c.get("residual") else ""
         arima = [f"{r[k]['mae']:.4g} / {r[k]['mape']:.3g}" if k in r else "-" for k in ("arima_train", "arima_train_val")]
         order = r.get("arima_order", {})
         order_text = f"{tuple(order['order'])}{tuple(order['seasonal_order'])} {order['transform']}" if order else "-"

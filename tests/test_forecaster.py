@@ -74,6 +74,39 @@ def test_output_shapes_and_predict():
     np.testing.assert_array_equal(seq.predict(x), seq.forward(x)[:, -1])
 
 
+@pytest.mark.parametrize("output", ["last", "sequence"])
+def test_residual_zero_output_is_the_last_value_and_gradients_hold(output):
+    """residual=True: output layer at zero -> the forecast is the last observed value of each target."""
+    cfg = ForecasterConfig(cell="lstm", hidden_size=4, horizon=3, output=output, residual=True)
+    model = Forecaster(cfg, input_size=3, num_targets=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
+    model.output.params["weight"][...] = 0.0
+    model.output.params["bias"][...] = 0.0
+    np.testing.assert_allclose(model.predict(x), np.repeat(x[:, -1:, :2], 3, axis=1))
+    if output == "sequence":
+        np.testing.assert_allclose(model.forward(x), np.repeat(x[:, :, None, :2], 3, axis=2))
+    model = Forecaster(cfg, input_size=3, num_targets=2, seed=1)
+    plain = Forecaster(ForecasterConfig(cell="lstm", hidden_size=4, horizon=3, output=output), input_size=3,
+                       num_targets=2, seed=1)
+    diff = model.forward(x) - plain.forward(x)  # same weights: the residual adds the last value, nothing else
+    base = x[:, -1, :2][:, None, :] if output == "last" else x[:, :, None, :2]
+    np.testing.assert_allclose(diff, np.broadcast_to(base, diff.shape), atol=1e-6)
+    target = np.random.default_rng(1).standard_normal(model.forward(x).shape)
+    report = gradcheck(LossOf(model, target), (x,))
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+def test_residual_task_with_zero_output_forecasts_the_naive_last_value():
+    """On levels (difference 0) the residual forecaster at zero output is the naive forecast, in series units."""
+    t = np.arange(80)
+    y = 50 + t + 10 * np.sin(2 * np.pi * t / 4)
+    task = make_task(y, residual=True, season=1)
+    task.model.output.params["weight"][...] = 0.0
+    task.model.output.params["bias"][...] = 0.0
+    origins, pred, _ = task.forecast("test")
+    np.testing.assert_allclose(pred, task.seasonal_naive(origins), rtol=1e-5)
+
+
 # ---- the task's data pipeline ------------------------------------------------------------------
 def make_task(series, names=None, **kw):
     series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)

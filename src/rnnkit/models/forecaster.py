@@ -11,6 +11,11 @@ features are covariates such as calendar terms). Two output shapes:
   follow it, ``yhat_t = h_t W^T + b`` -> (B, T, horizon, K), and the loss averages over all
   steps (T times more training signal per window). A forecast is the last step's output.
 
+``residual=True``: the network forecasts the change from the last observed value of each
+target, ``yhat = x_T[:K] + h_T W^T + b`` (``sequence``: ``x_t[:K]`` at every step), so a zero
+output layer is the naive last-value forecast (in whatever space the features are: levels,
+or the differenced series when the task differences) and the network learns a correction.
+
 Loss: mean squared error (``mse``) or mean absolute error (``mae``) over every
 predicted value.
 """
@@ -38,6 +43,8 @@ class ForecasterConfig:
     output: str = field(default="last", metadata={"help": "last: many-to-one direct horizon | sequence: many-to-many"})
     loss: str = field(default="mse", metadata={"help": "training loss: mse | mae"})
     dropout: float = field(default=0.0, metadata={"help": "dropout between layers and before the output layer"})
+    residual: bool = field(default=False, metadata={
+        "help": "forecast the change from the last observed value of each target (zero output = naive last value)"})
 
     def __post_init__(self):
         if self.cell not in RECURRENT:
@@ -105,7 +112,11 @@ class Forecaster(Model):
         h = y[:, -1] if self.config.output == "last" else y
         out = self.output(self.dropout(h))
         self._shape = (B, T, H)
-        return out.reshape(out.shape[:-1] + (self.config.horizon, self.num_targets))
+        out = out.reshape(out.shape[:-1] + (self.config.horizon, self.num_targets))
+        if self.config.residual:  # + the last observed value of each target (a constant: no gradient to x here)
+            base = x[:, -1, :self.num_targets] if self.config.output == "last" else x[:, :, :self.num_targets]
+            out = out + base[..., None, :]
+        return out
 
     def backward(self, dpred=None):
         """Back through the last forward. dpred shaped like its output; None: the last ``loss``'s gradient."""
