@@ -52,10 +52,10 @@ def tiny_model(cell="lstm", pooling="max", bidirectional=True, num_layers=2, dro
 
 # ---- gradients -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell,pooling,bidirectional",
-                         list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "max"], [False, True])))
+                         list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "max", "max+mean"], [False, True])))
 def test_gradcheck_logits(cell, pooling, bidirectional):
     """Every parameter, through padded (masked) sequences, with (word) dropout active (its masks replayed)."""
-    # 15 random elements of every parameter array keep the 18 cases fast
+    # 15 random elements of every parameter array keep the 24 cases fast
     report = gradcheck(tiny_model(cell, pooling, bidirectional), (tiny_ids(), MASK), max_elements=15)
     assert report.max_rel_error < 1e-6, str(report)
     assert len(report.errors) == len(list(tiny_model(cell, pooling, bidirectional).named_parameters()))
@@ -75,14 +75,15 @@ class LossOf(Layer):
         self.model.backward(self.model.criterion.backward(dloss))
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "max+mean"])
 def test_gradcheck_loss(pooling):
     report = gradcheck(LossOf(tiny_model("gru", pooling), np.array([0, 2, 1])), (tiny_ids(1), MASK), max_elements=15)
     assert report.max_rel_error < 1e-6, str(report)
 
 
 @pytest.mark.parametrize("mode,dirs,left", [("last", 1, False), ("last", 2, False), ("last", 2, True),
-                                             ("mean", 1, True), ("max", 1, False), ("max", 2, True)])
+                                             ("mean", 1, True), ("max", 1, False), ("max", 2, True),
+                                             ("max+mean", 1, False), ("max+mean", 2, True)])
 def test_gradcheck_pooling(mode, dirs, left):
     y = np.random.default_rng(0).standard_normal((B, T, 4))
     mask = MASK[:, ::-1].copy() if left else MASK
@@ -100,15 +101,26 @@ def test_pooling_values():
     np.testing.assert_allclose(mean[2], y[2, :3].mean(axis=0))
     top = SequencePooling("max").forward(y, MASK)
     np.testing.assert_array_equal(top[1], y[1, :2].max(axis=0))  # padded steps (larger values) ignored
+    both = SequencePooling("max+mean", 2).forward(y, MASK)  # [max | mean], width 2 D
+    assert both.shape == (B, 4)
+    np.testing.assert_array_equal(both, np.concatenate([top, mean], axis=1))
+    assert SequencePooling("max+mean").output_size(6) == 12 and SequencePooling("max").output_size(6) == 6
     with pytest.raises(ValueError, match="no valid step"):
         SequencePooling("mean").forward(y, np.zeros((B, T), dtype=bool))
-    with pytest.raises(ValueError, match="pooling mode"):
+    with pytest.raises(ValueError, match="pooling mode 'sum'; expected one of .*'max\\+mean'"):
         SequencePooling("sum")
+
+
+def test_concat_pooling_widens_the_output_layer():
+    model = tiny_model("lstm", "max+mean", True)
+    assert model.output.params["weight"].shape[1] == 2 * 2 * 3  # [max | mean] of the (B, T, 2 H) BiLSTM outputs
+    assert model.predict_proba(tiny_ids(), MASK).shape == (B, 3)
 
 
 # ---- masks ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell,pooling,bidirectional",
-                         [("lstm", "last", True), ("gru", "max", True), ("rnn", "mean", False), ("lstm", "max", False)])
+                         [("lstm", "last", True), ("gru", "max", True), ("rnn", "mean", False), ("lstm", "max", False),
+                          ("lstm", "max+mean", True)])
 def test_padded_example_equals_alone(cell, pooling, bidirectional):
     """A sequence padded inside a batch of longer ones gets exactly its own prediction."""
     model = tiny_model(cell, pooling, bidirectional, dropout=0.0)
@@ -262,7 +274,7 @@ def test_weight_averaging_scores_and_saves_the_averaged_weights(tmp_path):
 
 def test_left_padding_gives_the_same_prediction():
     """Masked steps carry the state and are skipped by every pooling, wherever they sit."""
-    for pooling in ("last", "mean", "max"):
+    for pooling in ("last", "mean", "max", "max+mean"):
         model = tiny_model("gru", pooling, True, dropout=0.0)
         ids = np.random.default_rng(4).integers(2, V, size=(1, 6))
         right = np.concatenate([ids, np.zeros((1, 3), dtype=ids.dtype)], axis=1)

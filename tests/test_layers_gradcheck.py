@@ -11,7 +11,8 @@ import pytest
 
 import rnnkit
 from rnnkit.layers import (GRU, LSTM, RNN, Dropout, Embedding, GRUCell, Linear, LSTMCell, MSELoss, RNNCell,
-                           SoftmaxCrossEntropy)
+                           SequencePooling, SoftmaxCrossEntropy)
+from rnnkit.layers.pooling import POOLING_MODES
 
 F64 = np.float64
 B, T, D, H = 3, 5, 4, 5
@@ -139,6 +140,17 @@ def test_cell_stepped_many_times_matches_layer():
 def test_linear():
     layer = Linear(D, 7, dtype=F64, seed=12)
     assert rnnkit.gradcheck(layer, (_rng(13).standard_normal((B, T, D)),)).passed(TOL)
+
+
+@pytest.mark.parametrize("mode,dirs", [(m, d) for m in POOLING_MODES for d in (1, 2)])
+def test_sequence_pooling(mode, dirs):
+    mask = np.ones((B, T), dtype=bool)
+    mask[0, 1] = mask[1, 3:] = mask[2, 0] = False  # holes too, not only padded tails
+    layer = SequencePooling(mode, num_directions=dirs)
+    y = _rng(15).standard_normal((B, T, 2 * H))
+    report = rnnkit.gradcheck(layer, (y, mask))
+    assert report.passed(TOL), str(report)
+    assert layer.forward(y, mask).shape == (B, layer.output_size(2 * H))
 
 
 def test_embedding():

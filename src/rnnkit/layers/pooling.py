@@ -9,6 +9,8 @@ would pool to alone:
   pooled vector is the final state of both directions.
 - ``mean``: ``sum_t m[b, t] y[b, t] / L_b``.
 - ``max``: ``max_{t: m[b, t]} y[b, t, d]`` per feature; the gradient goes to the argmax step.
+- ``max+mean``: ``[max | mean]`` concatenated ("concat pooling", as in ULMFiT), width ``2 D``;
+  the gradient is the sum of the two poolings' gradients.
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from .. import backend
 from ._checks import check_float_input
 from .base import Layer
 
-POOLING_MODES = ("last", "mean", "max")
+POOLING_MODES = ("last", "mean", "max", "max+mean")
 
 
 class SequencePooling(Layer):
-    """``(B, T, D)`` outputs and a ``(B, T)`` bool mask -> ``(B, D)``; no parameters.
+    """``(B, T, D)`` outputs and a ``(B, T)`` bool mask -> ``(B, D)`` (``(B, 2 D)`` for "max+mean"); no parameters.
 
-    mode: "last" | "mean" | "max". num_directions: 2 when the input is a bidirectional
+    mode: "last" | "mean" | "max" | "max+mean". num_directions: 2 when the input is a bidirectional
     output ``[forward H | reverse H]`` (matters for "last" only).
     """
 
@@ -35,11 +37,15 @@ class SequencePooling(Layer):
         self.mode, self.num_directions = mode, num_directions
         self._cache = None
 
+    def output_size(self, input_size: int) -> int:
+        """Width of the pooled vector for ``input_size`` features per step."""
+        return 2 * input_size if self.mode == "max+mean" else input_size
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}" + (", bidirectional" if self.num_directions == 2 else "")
 
     def forward(self, y, mask=None):
-        """y (B, T, D); mask (B, T) bool, True at valid steps (None: all valid). Returns (B, D)."""
+        """y (B, T, D); mask (B, T) bool, True at valid steps (None: all valid). Returns (B, D), (B, 2 D) for "max+mean"."""
         check_float_input(y, "y", 3, None, y.dtype, check_finite=False)
         xp = backend.get_array_module(y)
         B, T, D = y.shape
@@ -61,19 +67,21 @@ class SequencePooling(Layer):
             if self.num_directions == 2:
                 out[:, H:] = y[rows, first, H:]
             self._cache = (y.shape, (last, first))
-        elif self.mode == "mean":
-            w = (mask / lengths[:, None]).astype(y.dtype)  # (B, T)
-            out = xp.einsum("bt,btd->bd", w, y)
-            self._cache = (y.shape, w)
         else:
-            masked = xp.where(mask[:, :, None], y, -xp.inf)
-            arg = masked.argmax(axis=1)  # (B, D)
-            out = xp.take_along_axis(y, arg[:, None, :], axis=1)[:, 0]
-            self._cache = (y.shape, arg)
+            w = arg = None
+            if self.mode in ("mean", "max+mean"):
+                w = (mask / lengths[:, None]).astype(y.dtype)  # (B, T)
+                out = xp.einsum("bt,btd->bd", w, y)
+            if self.mode in ("max", "max+mean"):
+                masked = xp.where(mask[:, :, None], y, -xp.inf)
+                arg = masked.argmax(axis=1)  # (B, D)
+                top = xp.take_along_axis(y, arg[:, None, :], axis=1)[:, 0]
+                out = top if w is None else xp.concatenate([top, out], axis=1)  # [max | mean]
+            self._cache = (y.shape, (w, arg))
         return out
 
     def backward(self, dout):
-        """dout (B, D) -> dy (B, T, D); padded steps get exactly zero."""
+        """dout (B, D) ((B, 2 D) for "max+mean") -> dy (B, T, D); padded steps get exactly zero."""
         if self._cache is None:
             raise RuntimeError("backward called before forward")
         shape, aux = self._cache
@@ -89,11 +97,18 @@ class SequencePooling(Layer):
                 dy[rows, first, H:] += dout[:, H:]
             else:
                 dy[rows, last] = dout
-        elif self.mode == "mean":
-            dy = aux[:, :, None] * dout[:, None, :]
         else:
-            dy = xp.zeros(shape, dtype=dout.dtype)
-            xp.put_along_axis(dy, aux[:, None, :], dout[:, None, :], axis=1)
+            w, arg = aux
+            dmax, dmean = (dout[:, :D], dout[:, D:]) if self.mode == "max+mean" else (dout, dout)
+            if w is None:
+                dy = xp.zeros(shape, dtype=dout.dtype)
+                xp.put_along_axis(dy, arg[:, None, :], dmax[:, None, :], axis=1)
+                return dy
+            dy = w[:, :, None] * dmean[:, None, :]
+            if arg is not None:
+                # add the max part at each feature's argmax step (one step per (b, d): no repeated indices)
+                at = xp.take_along_axis(dy, arg[:, None, :], axis=1)
+                xp.put_along_axis(dy, arg[:, None, :], at + dmax[:, None, :], axis=1)
         return dy
 
 

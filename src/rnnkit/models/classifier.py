@@ -5,6 +5,7 @@
     e   = Dropout(Embedding(WordDropout(ids)))         (B, T, E)
     y   = RNN/LSTM/GRU(e, mask)                        (B, T, dirs*H), stacked, (bi)directional
     v   = Dropout(pool(y, mask))                       (B, dirs*H)   last valid state | mean | max
+                                                       (B, 2*dirs*H) max+mean: [max | mean]
     z   = v W^T + b                                    (B, C) logits
     loss = mean_b -log softmax(z_b)[label_b]
 
@@ -33,7 +34,7 @@ class ClassifierConfig:
     hidden_size: int = field(default=128, metadata={"help": "recurrent hidden size H (per direction)"})
     num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
     bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
-    pooling: str = field(default="max", metadata={"help": "sequence summary: last | mean | max (over valid steps)"})
+    pooling: str = field(default="max", metadata={"help": "sequence summary over valid steps: last | mean | max | max+mean ([max | mean])"})
     dropout: float = field(default=0.5, metadata={"help": "dropout on the embeddings and on the pooled vector"})
     rnn_dropout: float = field(default=0.0, metadata={"help": "dropout between stacked recurrent layers"})
     embedding_init_std: float = field(default=0.1, metadata={"help": "std of the N(0, std) embedding init"})
@@ -83,7 +84,7 @@ class SequenceClassifier(Model):
                                      bidirectional=c.bidirectional, dropout=c.rnn_dropout, dtype=dtype, rng=rng)
         self.pool = SequencePooling(c.pooling, num_directions=dirs)
         self.dropout = Dropout(c.dropout, rng=rng)
-        self.output = Linear(dirs * c.hidden_size, num_classes, dtype=dtype, rng=rng)
+        self.output = Linear(self.pool.output_size(dirs * c.hidden_size), num_classes, dtype=dtype, rng=rng)
         self.criterion = SoftmaxCrossEntropy()
 
     def extra_state(self) -> dict:
