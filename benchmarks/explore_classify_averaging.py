@@ -78,6 +78,9 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", default="none")
     p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--optimizer", default="adam", help="adam | adamw | sgd (TrainConfig.optimizer)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="TrainConfig.weight_decay: L2 for adam, decoupled for adamw")
     p.add_argument("--decays", type=float, nargs="*", default=[0.99, 0.995, 0.998])
     p.add_argument("--swa-start", type=int, default=2)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ClassifyConfig overrides")
@@ -96,6 +99,7 @@ def main():
             task = ClassifyTask(cfg, texts, labels, seed=seed)
             cb = Averages(task, a.decays, a.swa_start)
             tc = TrainConfig(epochs=a.epochs, lr=a.lr, clip=5.0, early_stopping=0, seed=seed, schedule=a.schedule,
+                             optimizer=a.optimizer, weight_decay=a.weight_decay,
                              min_lr=a.min_lr, run_dir=f"runs/explore-avg-{a.tag}", overwrite=True, progress=False,
                              plot=False, eval_test=False, log_every=1, keep_checkpoints=1)
             t0 = time.time()
@@ -103,7 +107,8 @@ def main():
             Trainer(task, tc, cfg, callbacks=[cb]).fit()
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             with open(a.out, "a") as f:
-                f.write(json.dumps({"tag": a.tag, "set": a.set, "lr": a.lr, "schedule": a.schedule, "fold": fold,
+                f.write(json.dumps({"tag": a.tag, "set": a.set, "lr": a.lr, "schedule": a.schedule,
+                                    "optimizer": a.optimizer, "weight_decay": a.weight_decay, "fold": fold,
                                     "seed": seed, "seconds": time.time() - t0, "rows": cb.rows}) + "\n")
     summary(a.out)
 
@@ -132,7 +137,8 @@ def summary(path):
     for tag in dict.fromkeys(r["tag"] for r in rows):
         rs = [r for r in rows if r["tag"] == tag]
         print(f"== {tag}: folds {[r['fold'] for r in rs]} seeds {sorted({r['seed'] for r in rs})} set {rs[0]['set']} "
-              f"lr {rs[0]['lr']} schedule {rs[0]['schedule']}")
+              f"lr {rs[0]['lr']} schedule {rs[0]['schedule']} "
+              f"optimizer {rs[0].get('optimizer', 'adam')} weight decay {rs[0].get('weight_decay', 0.0)}")
         for v in sorted(rs[0]["rows"][-1].keys() - {"epoch"}):
             epochs = min(len(r["rows"]) for r in rs)
             per = []

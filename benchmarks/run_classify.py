@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without a better val loss")
     p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--optimizer", default="adam", help="adam | adamw | sgd (TrainConfig.optimizer)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="TrainConfig.weight_decay: L2 for adam and sgd, decoupled for adamw")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="average the weights (TrainConfig.ema_decay): validate, early-stop on and test the "
                         "exponential moving average of the weights, with this decay per step (0: off)")
@@ -63,6 +66,7 @@ def main(argv=None) -> int:
                   flush=True)
             start = time.time()
             train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, clip=args.clip, early_stopping=args.patience,
+                                    optimizer=args.optimizer, weight_decay=args.weight_decay,
                                     ema_decay=args.ema_decay, seed=seed, run_dir=args.run_dir, overwrite=True,
                                     progress=False)
             res = Trainer(task, train_cfg, cfg).fit()
