@@ -24,7 +24,13 @@ ACTIVATIONS = {
 }
 
 
-def _activation_params(layer: Layer, input_size, hidden_size, bias, suffix, dtype, rng, seed) -> None:
+def _init_activation_layer(layer: Layer, input_size, hidden_size, nonlinearity, bias, suffix, dtype, rng,
+                           seed) -> None:
+    """The shared start of the cell and the layer: check the activation, set the sizes, and add
+    the weights (names with ``suffix``) with PyTorch's RNN init."""
+    if nonlinearity not in ACTIVATIONS:
+        raise ValueError(f"nonlinearity {nonlinearity!r}; expected one of {sorted(ACTIVATIONS)}")
+    layer.input_size, layer.hidden_size, layer.nonlinearity, layer.bias = input_size, hidden_size, nonlinearity, bias
     dtype = dtype or backend.get_default_dtype()
     rng = rng if rng is not None else backend.default_rng(seed)
     bound = 1.0 / math.sqrt(hidden_size)  # PyTorch's init, as the RNN layer
@@ -61,10 +67,7 @@ class ActivationRNNCell(Layer):
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
                  dtype=None, rng=None, seed=None):
         super().__init__()
-        if nonlinearity not in ACTIVATIONS:
-            raise ValueError(f"nonlinearity {nonlinearity!r}; expected one of {sorted(ACTIVATIONS)}")
-        self.input_size, self.hidden_size, self.nonlinearity, self.bias = input_size, hidden_size, nonlinearity, bias
-        _activation_params(self, input_size, hidden_size, bias, "", dtype, rng, seed)
+        _init_activation_layer(self, input_size, hidden_size, nonlinearity, bias, "", dtype, rng, seed)
         self._stack = []
 
     def forward(self, x, state=None):
@@ -104,10 +107,7 @@ class ActivationRNN(Layer):
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
                  dtype=None, rng=None, seed=None):
         super().__init__()
-        if nonlinearity not in ACTIVATIONS:
-            raise ValueError(f"nonlinearity {nonlinearity!r}; expected one of {sorted(ACTIVATIONS)}")
-        self.input_size, self.hidden_size, self.nonlinearity, self.bias = input_size, hidden_size, nonlinearity, bias
-        _activation_params(self, input_size, hidden_size, bias, "_l0", dtype, rng, seed)
+        _init_activation_layer(self, input_size, hidden_size, nonlinearity, bias, "_l0", dtype, rng, seed)
         self._cache = None
         self.dstate0 = None
 
