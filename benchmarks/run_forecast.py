@@ -15,6 +15,17 @@ from the true history up to it). On exactly those origins and targets it also sc
 ``--grid hidden_size=8,16,32 output=last,sequence`` trains every combination with every
 seed and reports the one with the lowest mean *validation* MAE (test plays no part).
 
+``--folds K`` (rolling-origin model selection): the grid is scored on k expanding-window
+folds inside the non-test part (``rolling_origin_folds``): each fold validates on a block as
+long as the validation part, right after its training part; the blocks are consecutive and
+the last fold is the usual train | validation split. k = min(K, the most folds whose first
+training part still holds ``--min-train-windows`` training windows for the longest
+``input_len`` of the grid), so every grid point sees the same folds. Each fold trains every
+seed (early stopping on the fold's own validation block) on a task cut at the fold's end, so
+it never sees a later step. The point with the lowest mean validation MAE over folds and
+seeds is chosen; the reported networks are the last fold's, i.e. trained exactly as without
+``--folds`` (train part, early stopping on the validation part), and scored on test.
+
 Needs the ``bench`` extra (statsmodels, matplotlib). Writes a JSON line per dataset to
 ``--out`` and a PNG of forecast vs truth to ``--figure``.
 
@@ -37,7 +48,8 @@ import numpy as np
 
 from rnnkit.config import from_dict, parse_overrides, to_dict
 from rnnkit.optim import Adam, clip_grad_norm
-from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics, load_series
+from rnnkit.data.series import rolling_origin_folds
+from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics, load_series, resolve
 
 
 def train_one(task: ForecastTask, epochs: int, lr: float, patience: int, clip: float) -> int:
@@ -168,6 +180,36 @@ def train_seeds(config: ForecastConfig, series, names, args):
     return nets, tasks
 
 
+def fold_scheme(base: dict, grid: list[dict], length: int, max_folds: int, min_windows: int) -> list[tuple[int, int]]:
+    """The (train_end, val_end) folds shared by every grid point (see ``--folds``)."""
+    configs = [resolve(from_dict(ForecastConfig, {**base, **combo}), length) for combo in grid]
+    c = configs[0]
+    if any((g.val_size, g.test_size, g.difference, g.horizon) != (c.val_size, c.test_size, c.difference, c.horizon)
+           for g in configs):
+        raise ValueError("--folds needs the same val_size, test_size, difference and horizon at every grid point")
+    val_end = length - c.test_size
+    longest = max(g.input_len for g in configs)
+    min_train = c.difference + longest + c.horizon - 1 + min_windows  # the first fold's fewest training steps
+    k = max(1, min(max_folds, (val_end - min_train) // c.val_size))
+    return rolling_origin_folds(val_end, c.val_size, k, min_train=min(min_train, val_end - c.val_size))
+
+
+def fold_scores(config: ForecastConfig, series, names, folds, args) -> list[list[float]]:
+    """Validation MAE [fold][seed] of every fold but the last (the last is the usual split)."""
+    scores = []
+    for fold in folds[:-1]:
+        row = []
+        for seed in args.seeds:
+            start = time.time()
+            task = ForecastTask.for_fold(config, series, names, fold, seed=seed)
+            epoch = train_one(task, args.epochs, args.lr, args.patience, args.clip)
+            row.append(task.evaluate("valid")["mae"])
+            print(f"  fold {fold} seed {seed}: best epoch {epoch}, val MAE {row[-1]:.4g} "
+                  f"({time.time() - start:.0f}s)", flush=True)
+        scores.append(row)
+    return scores
+
+
 def summarize(path: Path) -> str:
     """A markdown table of the JSON lines written by ``--out``."""
     rows = ["| series | h | test origins | network: chosen config | network MAE (5 seeds) | network MAPE % "
@@ -179,6 +221,8 @@ def summarize(path: Path) -> str:
         c, net, avg, naive = r["config"], r["network"], r["network_seed_average"], r["seasonal_naive"]
         chosen = f"{c['cell']} {c['hidden_size']}, {c['output']}, L={c['input_len']}, {c['transform']}, d={c['difference']}"
         chosen += ", residual" if c.get("residual") else ""
+        folds = len(r.get("selection", {}).get("folds", [None]))
+        chosen += f"; chosen on {folds} rolling-origin folds" if folds > 1 else ""
         arima = [f"{r[k]['mae']:.4g} / {r[k]['mape']:.3g}" if k in r else "-" for k in ("arima_train", "arima_train_val")]
         order = r.get("arima_order", {})
         order_text = f"{tuple(order['order'])}{tuple(order['seasonal_order'])} {order['transform']}" if order else "-"
@@ -200,6 +244,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="ForecastConfig overrides")
     p.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",
                    help="model selection: try every combination, keep the lowest mean validation MAE")
+    p.add_argument("--folds", type=int, default=1,
+                   help="rolling-origin model selection on at most this many expanding-window folds (1: the "
+                        "validation part only)")
+    p.add_argument("--min-train-windows", type=int, default=12,
+                   help="with --folds: the first fold keeps at least this many training windows")
     p.add_argument("--arima-order", help="p,d,q,P,D,Q (default: AIC grid search on the training part)")
     p.add_argument("--no-arima", action="store_true")
     p.add_argument("--figure", type=Path)
@@ -215,16 +264,21 @@ def main(argv=None) -> int:
     # --grid: every combination is trained with every seed; the one with the lowest mean
     # *validation* MAE is reported (the test part plays no part in the choice)
     grid = parse_grid(args.grid)
+    folds = fold_scheme(base, grid, len(series), args.folds, args.min_train_windows) if args.folds > 1 else None
+    if folds:
+        print(f"rolling-origin folds (train_end, val_end): {folds}", flush=True)
     candidates = []
     for combo in grid:
         config = from_dict(ForecastConfig, {**base, **combo})
         if len(grid) > 1:
             print(f"grid point {combo}", flush=True)
-        nets, tasks = train_seeds(config, series, names, args)
-        candidates.append((float(np.mean([n["val_mae"] for n in nets])), combo, nets, tasks))
-    val_mae, chosen, nets, tasks = min(candidates, key=lambda c: c[0])
-    grid_report = [{"point": c[1], "val_mae": c[0], "test_mae": float(np.mean([n["mae"] for n in c[2]]))}
-                   for c in candidates]
+        earlier = fold_scores(config, series, names, folds, args) if folds else []
+        nets, tasks = train_seeds(config, series, names, args)  # the last fold = the usual split
+        per_fold = [*earlier, [n["val_mae"] for n in nets]]
+        candidates.append((float(np.mean(per_fold)), combo, nets, tasks, per_fold))
+    val_mae, chosen, nets, tasks, _ = min(candidates, key=lambda c: c[0])
+    grid_report = [{"point": c[1], "val_mae": c[0], "test_mae": float(np.mean([n["mae"] for n in c[2]])),
+                    "fold_val_mae": [float(np.mean(f)) for f in c[4]]} for c in candidates]
     task = tasks[0]
     cfg = task.config
     origins, truth = task.origins["test"], task.truth(task.origins["test"])
@@ -232,7 +286,10 @@ def main(argv=None) -> int:
     result = {"dataset": args.dataset, "config": to_dict(cfg), "test_origins": len(origins),
               "train": {"epochs": args.epochs, "lr": args.lr, "patience": args.patience, "clip": args.clip},
               "network": {k: [n[k] for n in nets] for k in ("seed", "epoch", "val_mae", "val_mape", "mae", "rmse", "mape")},
-              "seasonal_naive": naive, "grid": grid_report, "chosen": chosen}
+              "seasonal_naive": naive, "grid": grid_report, "chosen": chosen,
+              "selection": {"folds": [list(f) for f in folds] if folds else [[task.train_end, task.val_end]],
+                            "min_train_windows": args.min_train_windows if folds else None,
+                            "val_mae": val_mae}}
     mean_pred = np.mean([n["pred"] for n in nets], axis=0)
     result["network_seed_average"] = forecast_metrics(mean_pred, truth)
     preds = {"network": nets[0]["pred"], "seasonal naive": task.seasonal_naive(origins)}
@@ -257,7 +314,8 @@ def main(argv=None) -> int:
 
     net = result["network"]
     for g in grid_report:
-        print(f"  grid {g['point']}: mean val MAE {g['val_mae']:.4g} (test MAE {g['test_mae']:.4g})")
+        per_fold = " ".join(f"{m:.4g}" for m in g["fold_val_mae"])
+        print(f"  grid {g['point']}: mean val MAE {g['val_mae']:.4g} [folds {per_fold}] (test MAE {g['test_mae']:.4g})")
     print(f"\n{args.dataset}  horizon {cfg.horizon}  output {cfg.output}  hidden {cfg.hidden_size}  "
           f"{len(origins)} test origins")
     print(f"  network ({len(nets)} seeds)  MAE {fmt(net['mae'])}  MAPE {fmt(net['mape'])}%   "

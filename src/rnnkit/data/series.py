@@ -1,4 +1,5 @@
-"""Time series: reading small CSV tables, windows for forecasting, contiguous splits, scaling.
+"""Time series: reading small CSV tables, windows for forecasting, contiguous splits,
+rolling-origin validation folds, scaling.
 
 A series is an array (T,) or (T, k) of float64, time along axis 0.
 """
@@ -141,6 +142,29 @@ def train_val_test_split_series(series, val_size=0.1, test_size=0.1, overlap: in
         return series[start - overlap:stop] if stop > start else series[start:start]
 
     return series[:val_start], piece(val_start, test_start), piece(test_start, length)
+
+
+def rolling_origin_folds(val_end: int, val_size: int, n_folds: int, min_train: int = 1) -> list[tuple[int, int]]:
+    """Expanding-window (rolling-origin) validation folds: ``[(train_end, fold_val_end), ...]``, oldest first.
+
+    Fold i of k trains on steps ``[0, train_end_i)`` and validates on the next ``val_size``
+    steps ``[train_end_i, train_end_i + val_size)``; the validation blocks are consecutive and
+    disjoint, and the last one ends at ``val_end``, so the last fold is the usual
+    train | validation split and the earlier folds move it back by ``val_size`` steps each.
+    Nothing at or after ``val_end`` (the test part) belongs to any fold. ``min_train``: the
+    fewest training steps the first (shortest) fold may have.
+    """
+    for name, value in (("val_end", val_end), ("val_size", val_size), ("n_folds", n_folds), ("min_train", min_train)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+    first_train_end = val_end - n_folds * val_size
+    if first_train_end < min_train:
+        most = max(0, (val_end - min_train) // val_size)
+        raise ValueError(f"{n_folds} folds of {val_size} validation steps ending at step {val_end} leave "
+                         f"{first_train_end} training steps to the first fold; need at least {min_train} "
+                         f"(at most {most} folds)")
+    ends = [val_end - (n_folds - i) * val_size for i in range(n_folds)]
+    return [(int(e), int(e + val_size)) for e in ends]
 
 
 class Scaler:

@@ -141,7 +141,10 @@ class ForecastTask:
     main_metric = "val_loss"
 
     def __init__(self, config: ForecastConfig, series: np.ndarray, column_names: list[str], seed: int = 0,
-                 model: Forecaster | None = None):
+                 model: Forecaster | None = None, ends: tuple[int, int] | None = None):
+        """``ends``: ``(train_end, val_end)`` in steps of ``series``, instead of the split of the
+        config's ``val_size``/``test_size``; the test part is then the steps from ``val_end`` on
+        (none if the series ends there, as in :meth:`for_fold`)."""
         series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
         config = resolve(config, len(series))
         self.config, self.seed, self.columns = config, seed, list(column_names)
@@ -157,6 +160,10 @@ class ForecastTask:
         T, lag, L, h = len(self.y), config.difference, config.input_len, config.horizon
         self.train_end = T - config.val_size - config.test_size
         self.val_end = T - config.test_size
+        if ends is not None:
+            self.train_end, self.val_end = (int(e) for e in ends)
+            if not 0 < self.train_end < self.val_end <= T:
+                raise ValueError(f"ends {tuple(ends)}; expected 0 < train_end < val_end <= T = {T}")
         if self.train_end - lag - L - h + 1 < 1:
             raise ValueError(f"training part of {self.train_end} steps is too short for difference {lag}, "
                              f"input_len {L} and horizon {h}; need at least {lag + L + h} steps")
@@ -191,6 +198,21 @@ class ForecastTask:
     def from_config(cls, config: ForecastConfig, seed: int = 0) -> "ForecastTask":
         series, names = load_series(config)
         return cls(config, series, names, seed)
+
+    @classmethod
+    def for_fold(cls, config: ForecastConfig, series: np.ndarray, column_names: list[str], fold: tuple[int, int],
+                 seed: int = 0) -> "ForecastTask":
+        """A task on one rolling-origin fold ``(train_end, val_end)`` (see ``rolling_origin_folds``).
+
+        The series is cut at ``val_end``: the fold's task never holds a later step, its scaling
+        statistics come from ``[0, train_end)`` and its training windows forecast targets before
+        ``train_end`` only; ``valid`` is the fold's validation block and ``test`` is empty.
+        """
+        train_end, val_end = fold
+        series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+        if not 0 < train_end < val_end <= len(series):
+            raise ValueError(f"fold {tuple(fold)}; expected 0 < train_end < val_end <= T = {len(series)}")
+        return cls(config, series[:val_end], column_names, seed, ends=(train_end, val_end))
 
     @classmethod
     def from_checkpoint(cls, path) -> "ForecastTask":
