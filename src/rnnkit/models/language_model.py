@@ -32,9 +32,9 @@ INIT_HELP = ("uniform: embedding and output U(-init_range, init_range), recurren
 
 
 @dataclass
-class LanguageModelConfig:
-    vocab_size: int = field(default=0, metadata={"help": "number of tokens V (set from the vocabulary)"})
-    level: str = field(default="char", metadata={"help": "char | word"})
+class LanguageModelArchitecture:
+    """The network's shape: shared by :class:`LanguageModelConfig` and the ``lm`` task's config."""
+
     cell: str = field(default="lstm", metadata={"help": "rnn | lstm | gru"})
     nonlinearity: str = field(default="tanh", metadata={"help": "tanh | relu (vanilla rnn only)"})
     embedding_size: int = field(default=128, metadata={"help": "embedding width E"})
@@ -53,14 +53,23 @@ class LanguageModelConfig:
             raise ValueError(f"cell {self.cell!r}; expected one of {sorted(CELLS)}")
         if self.init not in ("uniform", "normal"):
             raise ValueError(f"init {self.init!r}; expected 'uniform' or 'normal'")
-        if self.level not in ("char", "word"):
-            raise ValueError(f"level {self.level!r}; expected 'char' or 'word'")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ValueError(f"tie_weights needs embedding_size == hidden_size; got {self.embedding_size} "
                              f"and {self.hidden_size}")
         for name in ("dropout", "embedding_dropout", "output_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} {getattr(self, name)}; expected 0 <= p < 1")
+
+
+@dataclass
+class LanguageModelConfig(LanguageModelArchitecture):
+    vocab_size: int = field(default=0, metadata={"help": "number of tokens V (set from the vocabulary)"})
+    level: str = field(default="char", metadata={"help": "char | word"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.level not in ("char", "word"):
+            raise ValueError(f"level {self.level!r}; expected 'char' or 'word'")
 
 
 class LanguageModel(Model):

@@ -18,11 +18,11 @@ import numpy as np
 from ..data.batching import TBPTTBatcher
 from ..data.text import load_corpus, shared_data_dir
 from ..data.vocab import Vocab
-from ..models.language_model import INIT_HELP, LanguageModel, LanguageModelConfig
+from ..models.language_model import LanguageModel, LanguageModelArchitecture, LanguageModelConfig
 
 
 @dataclass
-class LMTaskConfig:
+class _CorpusFields:
     corpus: str = field(default="tinyshakespeare", metadata={
         "help": "tinyshakespeare (bundled) | ptb | path to a UTF-8 text file"})
     data_dir: str = field(default="", metadata={"help": "folder holding ptb/ (default: $RNNKIT_DATA, else "
@@ -34,20 +34,14 @@ class LMTaskConfig:
     bptt: int = field(default=64, metadata={"help": "truncated-BPTT length T (tokens per chunk)"})
     eval_batch_size: int = field(default=10, metadata={"help": "parallel streams for evaluation"})
     max_eval_tokens: int = field(default=0, metadata={"help": "evaluate on at most this many tokens (0: all)"})
-    cell: str = field(default="lstm", metadata={"help": "rnn | lstm | gru"})
-    nonlinearity: str = field(default="tanh", metadata={"help": "tanh | relu (vanilla rnn only)"})
-    embedding_size: int = field(default=128, metadata={"help": "embedding width E"})
-    hidden_size: int = field(default=256, metadata={"help": "recurrent state width H"})
-    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout between recurrent layers"})
-    embedding_dropout: float = field(default=0.0, metadata={"help": "dropout on the embeddings"})
-    output_dropout: float = field(default=0.0, metadata={"help": "dropout before the output layer"})
-    tie_weights: bool = field(default=False, metadata={"help": "share embedding and output weights (E == H)"})
-    init: str = field(default="uniform", metadata={"help": INIT_HELP})
-    init_range: float = field(default=0.1, metadata={"help": "uniform init: U(-r, r) for embedding and output weights "
-                                                             "(0: the layers' defaults)"})
+
+
+@dataclass
+class LMTaskConfig(LanguageModelArchitecture, _CorpusFields):
+    """The corpus and batching fields, then the network's (:class:`LanguageModelArchitecture`)."""
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("batch_size", "bptt", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
@@ -82,10 +76,8 @@ class LanguageModelTask:
     def __init__(self, config: LMTaskConfig, corpus, seed: int = 0, model: LanguageModel | None = None):
         self.config, self.corpus, self.seed = config, corpus, seed
         if model is None:
-            fields = {f.name for f in dataclasses.fields(LanguageModelConfig)}
-            values = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}
-            model_config = LanguageModelConfig(vocab_size=len(corpus.vocab), level=corpus.level, **{
-                k: v for k, v in values.items() if k not in ("vocab_size", "level")})
+            shape = {f.name: getattr(config, f.name) for f in dataclasses.fields(LanguageModelArchitecture)}
+            model_config = LanguageModelConfig(vocab_size=len(corpus.vocab), level=corpus.level, **shape)
             model = LanguageModel(model_config, vocab=corpus.vocab.to_dict(), seed=seed)
         elif Vocab.from_dict(model.vocab) != corpus.vocab:
             raise ValueError("the checkpoint's vocabulary does not match this corpus's; evaluate on text encoded "
