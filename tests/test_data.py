@@ -15,8 +15,8 @@ import pytest
 from rnnkit.data import (Scaler, TBPTTBatcher, Vocab, bundled_text, detokenize, encode_labels, fixed_split,
                          load_corpus, load_labelled_file, load_rt_polarity, load_seq2seq_file, load_series_csv,
                          load_sms_spam, make_addition_problems, make_date_problems, make_windows, minibatches,
-                         pad_batch, read_text, shared_data_dir, split_contiguous, tokenize,
-                         train_val_test_split_series)
+                         pad_batch, read_text, rolling_origin_folds, shared_data_dir, split_contiguous,
+                         tokenize, train_val_test_split_series)
 
 
 def _shared_data() -> Path | None:
@@ -459,3 +459,17 @@ def test_series_split_and_scaler():
         wide.transform(np.ones((4, 3)))
     with pytest.raises(RuntimeError, match="before fit"):
         Scaler().transform(series)
+
+
+def test_rolling_origin_folds_are_consecutive_expanding_and_end_at_the_validation_part():
+    folds = rolling_origin_folds(85, 15, 4)
+    assert folds == [(25, 40), (40, 55), (55, 70), (70, 85)]  # the Nile scheme; the last fold = 70 | 15
+    for (train_end, val_end), (next_train_end, _) in zip(folds, folds[1:]):
+        assert val_end - train_end == 15 and next_train_end == val_end  # disjoint, consecutive blocks
+    assert rolling_origin_folds(120, 24, 1) == [(96, 120)]
+    assert rolling_origin_folds(120, 24, 3, min_train=48) == [(48, 72), (72, 96), (96, 120)]
+    with pytest.raises(ValueError, match="leave 24 training steps to the first fold; need at least 48 "
+                                         "\\(at most 3 folds\\)"):
+        rolling_origin_folds(120, 24, 4, min_train=48)
+    with pytest.raises(ValueError, match="n_folds 0; expected an integer >= 1"):
+        rolling_origin_folds(120, 24, 0)

@@ -171,6 +171,85 @@ def test_multivariate_with_covariates_and_calendar(tmp_path):
     assert set(task.evaluate("test")) >= {"loss", "mae", "rmse", "mape", "naive_mae", "naive_mape"}
 
 
+# ---- rolling-origin folds ----------------------------------------------------------------------
+def fold_series(seed=0):
+    t = np.arange(90)
+    return 50 + 0.5 * t + 10 * np.sin(2 * np.pi * t / 4) + np.random.default_rng(seed).random(90)
+
+
+@pytest.mark.parametrize("transform,difference,horizon", [("none", 0, 1), ("log", 4, 3)])
+def test_fold_task_boundaries_and_scaling_use_the_fold_training_steps_only(transform, difference, horizon):
+    y = fold_series()
+    cfg = ForecastConfig(dataset="synthetic.csv", hidden_size=4, input_len=6, val_size=12, test_size=12, season=4,
+                         transform=transform, difference=difference, horizon=horizon)
+    task = ForecastTask.for_fold(cfg, y, ["c0"], (40, 52))
+    assert (task.train_end, task.val_end, len(task.y)) == (40, 52, 52)  # the series is cut at the fold's end
+    train, valid = task.origins["train"], task.origins["valid"]
+    assert (train + horizon < 40).all() and train[-1] == 40 - horizon - 1
+    assert (valid + 1 >= 40).all() and (valid + horizon < 52).all() and len(valid) == 12 - horizon + 1
+    assert len(task.origins["test"]) == 0
+    v = np.log(y) if transform == "log" else y
+    w = v[difference:40] - v[:40 - difference] if difference else v[:40]
+    assert task.scaler.mean == pytest.approx(w.mean()) and task.scaler.std == pytest.approx(w.std())
+    # the last fold is the usual split of the whole series
+    full = ForecastTask(cfg, y, ["c0"])
+    last = ForecastTask.for_fold(cfg, y, ["c0"], (full.train_end, full.val_end))
+    np.testing.assert_array_equal(last.origins["valid"], full.origins["valid"])
+    np.testing.assert_array_equal(last.origins["train"], full.origins["train"])
+    assert last.scaler.to_dict() == full.scaler.to_dict()
+    with pytest.raises(ValueError, match="fold \\(40, 95\\); expected 0 < train_end < val_end <= T = 90"):
+        ForecastTask.for_fold(cfg, y, ["c0"], (40, 95))
+
+
+def test_fold_validation_targets_never_reach_training_or_scaling():
+    """Changing the fold's validation block (and everything after it) leaves the scaler, the training
+    windows and the trained weights as they were; changing steps after the fold changes nothing at all."""
+    y = fold_series()
+    cfg = ForecastConfig(dataset="synthetic.csv", hidden_size=4, input_len=6, val_size=12, test_size=12, season=4,
+                         transform="log", difference=4, horizon=2, batch_size=8)
+    fold = (40, 52)
+    changed = y.copy()
+    changed[40:] *= 3.0  # the validation block and the rest of the series
+    later = y.copy()
+    later[52:] *= 3.0  # after the fold only
+
+    def fit(series):
+        task = ForecastTask.for_fold(cfg, series, ["c0"], fold, seed=1)
+        opt = Adam(task.model, lr=1e-2)
+        for epoch in range(3):
+            for batch in task.train_batches(epoch):
+                task.model.zero_grad()
+                task.train_loss(batch)
+                task.backward()
+                opt.step()
+        return task
+
+    base, moved, after = fit(y), fit(changed), fit(later)
+    assert moved.scaler.to_dict() == base.scaler.to_dict()
+    for a, b in zip(base.train_batches(0), moved.train_batches(0)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    for name, value in base.model.state_dict().items():
+        np.testing.assert_array_equal(moved.model.state_dict()[name], value)
+    assert moved.evaluate("valid")["mae"] != pytest.approx(base.evaluate("valid")["mae"])  # the block did change
+    assert after.evaluate("valid") == pytest.approx(base.evaluate("valid"))
+
+
+def test_benchmark_fold_scheme_keeps_the_fewest_training_windows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_forecast", ROOT / "benchmarks" / "run_forecast.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = {"dataset": "synthetic.csv", "val_size": 15, "test_size": 15, "season": 1, "transform": "none",
+            "difference": 0}
+    grid = bench.parse_grid(["input_len=5,10"])
+    # 85 non-test steps; the longest window 10 + h 1 - 1 + 12 windows = 22 steps for the first fold
+    assert bench.fold_scheme(base, grid, 100, 4, 12) == [(25, 40), (40, 55), (55, 70), (70, 85)]
+    assert bench.fold_scheme(base, grid, 100, 9, 20) == [(40, 55), (55, 70), (70, 85)]  # 10 + 20 = 30 > 25
+    assert bench.fold_scheme({**base, "horizon": 12}, grid, 100, 4, 12) == [(40, 55), (55, 70), (70, 85)]
+
+
 # ---- learning --------------------------------------------------------------------------------
 def train(task, epochs, lr):
     opt = Adam(task.model, lr=lr)
