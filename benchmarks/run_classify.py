@@ -9,8 +9,11 @@ over runs) to stdout.
     python benchmarks/run_classify.py --dataset sms-spam --seeds 0 1 2 --out runs/sms.jsonl
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --only 0 1 --set cell=gru pooling=mean
     python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --epochs 6 --patience 1 --ema-decay 0.998
+    python benchmarks/run_classify.py --dataset rt-polarity --folds 10 --epochs 6 --patience 1 --set pretrain_epochs=1
 
 ``--set name=value`` overrides any ClassifyConfig field (the same names as the CLI flags).
+``--set pretrain_epochs=N`` first trains the embedding and encoder as a bidirectional language
+model on each fold's own training texts (labels unused; see rnnkit.models.bilm).
 With several ``--seeds`` the splits stay put (``split_seed``) and the summary also scores
 the ensemble that averages the seeds' test probabilities, per fold.
 """

@@ -92,13 +92,24 @@ class SequenceClassifier(Model):
                 "unk_id": self.unk_id, "labels": self.labels, "vocab": self.vocab}
 
     # -- forward / backward -------------------------------------------------------
-    def forward(self, ids, mask=None):
-        """ids (B, T) int, mask (B, T) bool (None: no padding) -> logits (B, num_classes)."""
+    def embed(self, ids):
+        """(Word dropout in training,) embedding lookup, dropout: ids (B, T) -> (B, T, E).
+
+        Shared with the biLM pretraining (:mod:`rnnkit.models.bilm`); ``embed_backward`` undoes it.
+        """
         if self.training and self.config.word_dropout:
             # word dropout: whole tokens become <unk>, so no single word can carry a sentence
             drop = self.xp.asarray(self.rng.random(ids.shape) < self.config.word_dropout)
             ids = self.xp.where(drop, self.unk_id, ids)
-        e = self.embed_dropout(self.embedding(ids))
+        return self.embed_dropout(self.embedding(ids))
+
+    def embed_backward(self, de) -> None:
+        """Back through the last ``embed`` (into the embedding's gradient)."""
+        self.embedding.backward(self.embed_dropout.backward(de))
+
+    def forward(self, ids, mask=None):
+        """ids (B, T) int, mask (B, T) bool (None: no padding) -> logits (B, num_classes)."""
+        e = self.embed(ids)
         y, _ = self.rnn(e, mask=mask)
         v = self.dropout(self.pool(y, mask))
         return self.output(v)
@@ -109,8 +120,7 @@ class SequenceClassifier(Model):
             dlogits = self.criterion.backward()
         dv = self.dropout.backward(self.output.backward(dlogits))
         dy = self.pool.backward(dv)
-        de = self.rnn.backward(dy)
-        self.embedding.backward(self.embed_dropout.backward(de))
+        self.embed_backward(self.rnn.backward(dy))
 
     def loss(self, ids, labels, mask=None) -> float:
         """Mean cross-entropy of the batch (training forward; caches for ``backward()``).

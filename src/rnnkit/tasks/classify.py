@@ -29,6 +29,7 @@ from ..data.batching import pad_batch
 from ..data.tasks import load_labelled_file, load_rt_polarity, load_sms_spam
 from ..data.text import shared_data_dir
 from ..data.vocab import PAD, UNK, Vocab
+from ..models.bilm import BiLMPretrainer
 from ..models.classifier import ClassifierConfig, SequenceClassifier
 from .common import bucketed_batches, find_task_meta
 
@@ -58,9 +59,27 @@ class ClassifyConfig(ClassifierConfig):
     fold: int = field(default=0, metadata={"help": "which fold is the test set (0 <= fold < folds)"})
     max_train: int = field(default=0, metadata={"help": "use at most this many training examples (0: all)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the data split (independent of the training seed)"})
+    pretrain_epochs: int = field(default=0, metadata={
+        "help": "before the labelled training, train the embedding and recurrent encoder as a bidirectional "
+                "language model for this many epochs on the training part's own texts, labels unused (forward "
+                "state at t predicts word t+1, backward state word t-1; no outside text or vectors); 0: off"})
+    pretrain_lr: float = field(default=0.0, metadata={"help": "learning rate of the biLM pretraining (0: the training lr)"})
+    pretrain_vocab: int = field(default=4000, metadata={
+        "help": "biLM pretraining predicts the most frequent N words of the vocabulary (rarer ones as <unk>); "
+                "0: all of them"})
+    pretrain_keep: str = field(default="all", metadata={
+        "help": "what the classifier keeps of the biLM pretraining: all (embedding and encoder) | embedding "
+                "(the encoder goes back to its initial weights)"})
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("pretrain_epochs", "pretrain_vocab"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}; expected >= 0")
+        if self.pretrain_keep not in ("all", "embedding"):
+            raise ValueError(f"pretrain_keep {self.pretrain_keep!r}; expected 'all' or 'embedding'")
+        if self.pretrain_lr < 0:
+            raise ValueError(f"pretrain_lr {self.pretrain_lr}; expected >= 0 (0: the training lr)")
         if self.folds == 1 or self.folds < 0:
             raise ValueError(f"folds {self.folds}; expected 0 (fixed split) or k >= 2")
         if self.folds and not 0 <= self.fold < self.folds:
@@ -169,6 +188,12 @@ class ClassifyTask:
         return {"task": self.name, "task_config": dataclasses.asdict(self.config), "seed": self.seed}
 
     # -- training ----------------------------------------------------------------------------
+    def before_fit(self, trainer) -> None:
+        """Called by the Trainer before a fresh (not resumed) run: the biLM pretraining, if configured."""
+        if self.config.pretrain_epochs:
+            metrics = pretrain_bilm(self, trainer.config)
+            trainer._log({"split": "pretrain", "epoch": 0, "step": 0, **metrics})
+
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
 
@@ -224,6 +249,98 @@ class ClassifyTask:
         return [self.labels[k] for k in predicted]
 
 
+class BiLMPretrainTask:
+    """The training part's texts as a bidirectional language-model task (labels unused).
+
+    Drives :class:`BiLMPretrainer` through the shared Trainer: the same length-bucketed,
+    padded batches as the classifier (in an order of their own), validation on the
+    validation part's texts, no test. Losses are nats per predicted token (both directions).
+    """
+
+    name = "classify-bilm-pretrain"
+    main_metric = "val_loss"
+    unit = "tok"
+    reports_perplexity = True
+
+    def __init__(self, task: ClassifyTask, num_words: int = 0):
+        self.task, self.seed, self.config = task, task.seed, task.config
+        self.model = BiLMPretrainer(task.model, num_words, seed=task.seed)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def train_batches(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch, 1])  # not the classifier's order of the same epoch
+        xp, task = self.model.xp, self.task
+        for idx in bucketed_batches(task.splits["train"], task.ids, self.config.batch_size, rng):
+            ids, mask = pad_batch([task.ids[i] for i in idx], task.vocab.pad_id)
+            yield xp.asarray(ids), xp.asarray(mask)
+
+    def num_train_batches(self) -> int:
+        return self.task.num_train_batches()
+
+    def train_loss(self, batch) -> tuple[float, int]:
+        ids, mask = batch
+        return self.model.loss(ids, mask), self.model.count
+
+    def backward(self) -> None:
+        self.model.backward()
+
+    def evaluate(self, split: str, batch_size: int = 64) -> dict[str, float]:
+        """{"loss", "ppl"} of the biLM on a split's texts, in eval mode."""
+        split = {"val": "valid", "validation": "valid"}.get(split, split)
+        idx = self.task.splits[split]
+        if len(idx) == 0:
+            return {}
+        idx = idx[np.argsort([len(self.task.ids[i]) for i in idx], kind="stable")]
+        was_training, xp = self.model.training, self.model.xp
+        self.model.eval()
+        total = count = 0.0
+        try:
+            for start in range(0, len(idx), batch_size):
+                ids, mask = pad_batch([self.task.ids[i] for i in idx[start:start + batch_size]], self.task.vocab.pad_id)
+                loss = self.model.loss(xp.asarray(ids), xp.asarray(mask))
+                total, count = total + loss * self.model.count, count + self.model.count
+        finally:
+            self.model.train(was_training)
+        loss = total / max(count, 1)
+        return {"loss": loss, "ppl": float(np.exp(min(loss, 50.0)))}
+
+    def extra_meta(self) -> dict:
+        return {"task": self.name, "task_config": dataclasses.asdict(self.config), "seed": self.seed}
+
+
+def pretrain_bilm(task: ClassifyTask, train_config) -> dict[str, float]:
+    """Pretrain ``task.model``'s embedding and encoder as a biLM for ``task.config.pretrain_epochs`` epochs.
+
+    The shared Trainer runs it in ``<run_dir>/pretrain`` with the training config's optimizer,
+    clipping, seed and logging (``pretrain_lr`` or the training lr; no schedule, weight averaging,
+    early stopping or test). The weights of the last epoch stay in the classifier (with
+    ``pretrain_keep="embedding"`` only the embedding's; the encoder gets its initial weights back). Returns the
+    last validation metrics, e.g. ``{"pretrain_val_loss": ..., "pretrain_val_ppl": ...}``.
+    """
+    from ..train.trainer import Trainer  # noqa: PLC0415 (the trainer imports nothing of the tasks)
+
+    cfg = task.config
+    lm = BiLMPretrainTask(task, cfg.pretrain_vocab)
+    pre = dataclasses.replace(
+        train_config, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr or train_config.lr, schedule="none",
+        ema_decay=0.0, early_stopping=0, max_steps=0, time_budget=0.0, eval_every=0, checkpoint_every=0,
+        keep_checkpoints=1, eval_test=False, overwrite=True, run_dir=str(Path(train_config.run_dir) / "pretrain"))
+    n_tokens = sum(len(task.ids[i]) for i in task.splits["train"])
+    print(f"biLM pretraining: {cfg.pretrain_epochs} epoch(s) on the {len(task.splits['train']):,} training texts "
+          f"({n_tokens:,} tokens, labels unused), {lm.model.num_directions} direction(s), "
+          f"{lm.model.num_words:,} output words + boundary, lr {pre.lr:g}", flush=True)
+    initial = {n: p.copy() for n, p in task.model.rnn.state_dict().items()}
+    trainer = Trainer(lm, pre, cfg)
+    trainer.fit()
+    if cfg.pretrain_keep == "embedding":  # only the word vectors carry over; the encoder starts afresh
+        task.model.rnn.load_state_dict(initial)
+    last = [r for r in trainer.history if r.get("split") == "epoch"][-1]
+    return {"pretrain_epochs": cfg.pretrain_epochs, "pretrain_train_loss": last["train_loss"],
+            **{"pretrain_" + k: v for k, v in last.items() if k.startswith("val_")}}
+
+
 def classification_metrics(probs: np.ndarray, y: np.ndarray, positive: int | None = None) -> dict[str, float]:
     """loss (mean -log p[y]), accuracy, and precision/recall/F1 of class ``positive`` (if given)."""
     eps = np.finfo(np.float64).tiny
@@ -239,4 +356,4 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, positive: int | Non
     return out
 
 
-__all__ = ["ClassifyConfig", "ClassifyTask", "classification_metrics", "word_tokens", "split_indices"]
+__all__ = ["BiLMPretrainTask", "ClassifyConfig", "ClassifyTask", "pretrain_bilm", "classification_metrics", "word_tokens", "split_indices"]

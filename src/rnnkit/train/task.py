@@ -4,6 +4,10 @@ The trainer knows nothing of language models or seq2seq: it drives a ``Task``, w
 knows its model, its data and its metrics. Every ``rnnkit train --task NAME`` is one
 Task class; the loop, progress bar, clipping, schedules, checkpoints and logs are the
 trainer's, shared by all.
+
+Optional: ``before_fit(trainer)``, called once at the start of a fresh (not resumed) run,
+after the run directory is prepared and before the first epoch (the classify task runs its
+biLM pretraining there).
 """
 from __future__ import annotations
 

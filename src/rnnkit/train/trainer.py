@@ -1,6 +1,7 @@
 """The training loop, shared by every task.
 
-``Trainer.fit`` reads top to bottom. For each epoch: ``task.start_epoch`` (a language
+``Trainer.fit`` reads top to bottom. A fresh run first calls ``task.before_fit(trainer)``
+if the task has one (e.g. pretraining). For each epoch: ``task.start_epoch`` (a language
 model resets its carried state), then for each batch: forward (``task.train_loss``),
 backward, check for NaN/inf, clip (the norm before clipping is logged), optimizer step,
 log (and every ``eval_every`` steps a validation row); then evaluate the validation split,
@@ -242,6 +243,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
             self._start_fresh()
+            if hasattr(task, "before_fit"):  # e.g. the classifier's biLM pretraining; not redone on resume
+                task.before_fit(self)
         self._write_config()
         self._started = time.perf_counter()
         stop_reason = self._budget_spent()
