@@ -461,7 +461,7 @@ def test_series_split_and_scaler():
         Scaler().transform(series)
 
 
-def test_rolling_origin_folds_are_consecutive_expanding_and_end_at_the_validation_part():
+def test_series_rolling_origin_folds_are_consecutive_expanding_and_end_at_the_validation_part():
     folds = rolling_origin_folds(85, 15, 4)
     assert folds == [(25, 40), (40, 55), (55, 70), (70, 85)]  # the Nile scheme; the last fold = 70 | 15
     for (train_end, val_end), (next_train_end, _) in zip(folds, folds[1:]):
