@@ -240,3 +240,16 @@ def test_benchmark_scripts_pass_pretrain_epochs_through(tmp_path, monkeypatch, c
                                       f"dataset={data}", *tiny])
     load_script("explore_classify_averaging").main()
     assert "biLM pretraining: 1 epoch(s)" in capsys.readouterr().out
+
+
+def test_resumed_run_does_not_pretrain_again(tmp_path, capsys):
+    """The pretraining belongs to a fresh run: a resumed one takes its weights from the checkpoint."""
+    cfg = ClassifyConfig(dataset=str(write_csv(tmp_path / "toy.csv")), embedding_dim=8, hidden_size=8, batch_size=8,
+                         pretrain_epochs=1)
+    train = dict(lr=1e-2, seed=1, run_dir=str(tmp_path / "run"), progress=False, plot=False)
+    Trainer(ClassifyTask.from_config(cfg, seed=1), TrainConfig(epochs=1, **train), cfg).fit()
+    assert capsys.readouterr().out.count("biLM pretraining:") == 1
+    task = ClassifyTask.from_config(cfg, seed=1)
+    Trainer(task, TrainConfig(epochs=2, **train), cfg).fit(resume=True)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "biLM pretraining:" not in out
