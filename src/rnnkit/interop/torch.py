@@ -214,8 +214,17 @@ def _from_module(module, nonlinearity, vocab, level, dtype):
 
 
 def torch_state_dict(obj) -> dict[str, np.ndarray]:
-    """The PyTorch ``state_dict`` of an rnnkit layer, cell or language model, as NumPy arrays."""
-    return {name: backend.to_numpy(p).copy() for name, p, _ in obj.named_parameters()}
+    """The PyTorch ``state_dict`` of an rnnkit layer, cell or language model, as NumPy arrays.
+
+    A layer built with ``bias_hh=False`` (one bias) gets PyTorch's ``bias_hh_*`` as zeros:
+    PyTorch adds the two, so the module computes the same function.
+    """
+    state = {name: backend.to_numpy(p).copy() for name, p, _ in obj.named_parameters()}
+    for prefix, layer in (("", obj), ("rnn.", getattr(obj, "rnn", None))):
+        if isinstance(layer, (RNN, LSTM, GRU)) and layer.bias and not layer.bias_hh:
+            for name in [n for n in state if n.startswith(prefix + "bias_ih_")]:
+                state[prefix + "bias_hh_" + name[len(prefix + "bias_ih_"):]] = np.zeros_like(state[name])
+    return state
 
 
 def to_torch(obj):

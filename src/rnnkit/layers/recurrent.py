@@ -12,6 +12,13 @@ Equations (row vectors, ``x_t W^T`` with PyTorch-shaped ``W``), per layer and di
   ``i, f, o = sigma(.)``, ``g = tanh(.)``; ``c_t = f*c_{t-1} + i*g``; ``h_t = o*tanh(c_t)``
 - GRU:  ``r = sigma(x W_ir^T + b_ir + h W_hr^T + b_hr)``, ``z`` likewise,
   ``n = tanh(x W_in^T + b_in + r*(h W_hn^T + b_hn))``, ``h_t = (1-z)*n + z*h_{t-1}``
+
+Biases: PyTorch (and cuDNN) keep two, ``b_ih`` and ``b_hh``; the RNN and LSTM only ever use
+their sum. ``bias_hh=False`` (RNN, LSTM) keeps one, ``b_ih``, as the textbooks and Keras
+write it. It is the same family of functions, but not the same training: both of
+PyTorch's biases receive the gradient of the sum, so under SGD the sum moves at twice the
+learning rate (and counts twice in a clipped gradient norm). The GRU's ``b_hn`` sits
+inside ``r*(.)`` and cannot merge, so a GRU always has both.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ class _Recurrent(Layer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  bidirectional: bool = False, dropout: float = 0.0, stateful: bool = False,
-                 nonlinearity: str = "tanh", dtype=None, rng=None, seed=None):
+                 nonlinearity: str = "tanh", dtype=None, rng=None, seed=None, bias_hh: bool = True):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -44,11 +51,15 @@ class _Recurrent(Layer):
             raise ValueError(f"dropout {dropout!r}; expected 0 <= dropout < 1")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+        if not bias_hh and self.mode == "gru":
+            raise ValueError("bias_hh=False with a GRU; its b_hn sits inside r * (h W_hn^T + b_hn) and cannot "
+                             "merge into b_ih: use bias_hh=True (or bias=False)")
         if stateful and bidirectional:
             raise ValueError("stateful=True with bidirectional=True; a reverse direction cannot carry state "
                              "across chunks: use bidirectional=False for truncated BPTT")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.bidirectional, self.dropout = bias, bidirectional, float(dropout)
+        self.bias_hh = bool(bias and bias_hh)
         self.stateful, self.nonlinearity = stateful, nonlinearity
         self.num_directions = 2 if bidirectional else 1
         dtype = dtype or backend.get_default_dtype()
@@ -62,7 +73,7 @@ class _Recurrent(Layer):
                 sfx = self._suffix(layer, d)
                 shapes = [("weight_ih", (G, in_size)), ("weight_hh", (G, H))]
                 if bias:
-                    shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+                    shapes += [("bias_ih", (G,)), ("bias_hh", (G,))] if self.bias_hh else [("bias_ih", (G,))]
                 for name, shape in shapes:
                     self.add_param(name + sfx, xp.asarray(init_uniform(self.rng, shape, bound, dtype)))
         self._state = None
@@ -85,6 +96,8 @@ class _Recurrent(Layer):
             s += f", nonlinearity={self.nonlinearity!r}"
         if not self.bias:
             s += ", bias=False"
+        elif not self.bias_hh:
+            s += ", bias_hh=False"
         if self.bidirectional:
             s += ", bidirectional=True"
         if self.dropout:
@@ -278,9 +291,9 @@ class LSTM(_Recurrent):
     mode = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
-                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None):
+                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None, bias_hh=True):
         super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
-                         stateful, "tanh", dtype, rng, seed)
+                         stateful, "tanh", dtype, rng, seed, bias_hh)
 
 
 class GRU(_Recurrent):
@@ -289,6 +302,6 @@ class GRU(_Recurrent):
     mode = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
-                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None):
+                 dropout=0.0, stateful=False, dtype=None, rng=None, seed=None, bias_hh=True):
         super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
-                         stateful, "tanh", dtype, rng, seed)
+                         stateful, "tanh", dtype, rng, seed, bias_hh)

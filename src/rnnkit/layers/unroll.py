@@ -71,8 +71,8 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     G = GATES[mode] * H
     # input projection of every step at once: (T*B, D) @ (D, G)
     xw = (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, G)
-    if b_ih is not None:
-        xw += b_ih if mode == "gru" else b_ih + b_hh  # GRU keeps b_hn inside r * (.)
+    if b_ih is not None:  # GRU keeps b_hn inside r * (.); a layer built with bias_hh=False has no b_hh
+        xw += b_ih if mode == "gru" or b_hh is None else b_ih + b_hh
     m = None
     if mask is not None:
         m = mask.reshape(T, B, 1)
@@ -224,7 +224,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     if c.has_bias:
         db = dXW.sum(axis=(0, 1))
         grads[b_ih] += db
-        if c.mode != "gru":  # the same sum: both biases enter the same pre-activation
+        if c.mode != "gru" and b_hh in grads:  # the same sum: both biases enter the same pre-activation
             grads[b_hh] += db
     if c.reverse:
         dXW = xp.ascontiguousarray(dXW[::-1])

@@ -47,10 +47,16 @@ class LanguageModelArchitecture:
     init: str = field(default="uniform", metadata={"help": INIT_HELP})
     init_range: float = field(default=0.1, metadata={"help": "uniform init: U(-r, r) for embedding and output weights "
                                                              "(0: the layers' defaults)"})
+    bias_hh: bool = field(default=True, metadata={
+        "help": "PyTorch's second recurrent bias b_hh; --no-bias-hh keeps one bias, as Deep Learning from "
+                "Scratch 2 and Keras do (rnn, lstm; under SGD two biases learn their sum twice as fast)"})
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"cell {self.cell!r}; expected one of {sorted(CELLS)}")
+        if not self.bias_hh and self.cell == "gru":
+            raise ValueError("bias_hh=False with cell 'gru'; the GRU's b_hn cannot merge into b_ih "
+                             "(one bias is for rnn and lstm)")
         if self.init not in ("uniform", "normal"):
             raise ValueError(f"init {self.init!r}; expected 'uniform' or 'normal'")
         if self.tie_weights and self.embedding_size != self.hidden_size:
@@ -95,7 +101,7 @@ class LanguageModel(Model):
         self.embedding_drop = Dropout(c.embedding_dropout, rng=rng)
         extra = {"nonlinearity": c.nonlinearity} if c.cell == "rnn" else {}
         self.rnn = CELLS[c.cell](c.embedding_size, c.hidden_size, num_layers=c.num_layers, dropout=c.dropout,
-                                 stateful=True, dtype=dtype, rng=rng, **extra)
+                                 stateful=True, dtype=dtype, rng=rng, bias_hh=c.bias_hh, **extra)
         self.output_drop = Dropout(c.output_dropout, rng=rng)
         self.decoder = Linear(c.hidden_size, V, dtype=dtype, rng=rng)
         self._initialise(rng)
