@@ -473,3 +473,37 @@ def test_series_rolling_origin_folds_are_consecutive_expanding_and_end_at_the_va
         rolling_origin_folds(120, 24, 4, min_train=48)
     with pytest.raises(ValueError, match="n_folds 0; expected an integer >= 1"):
         rolling_origin_folds(120, 24, 0)
+
+
+# ----------------------------------------------------------------------------- RingBatcher
+def test_ring_batcher_reads_the_ring_on_across_epochs():
+    from rnnkit.data import RingBatcher
+
+    ids = np.arange(103)  # L = 102 (input, target) pairs; B = 4 streams start at 0, 25, 50, 75
+    ring = RingBatcher(ids, batch_size=4, bptt=5)
+    assert len(ring) == 102 // 20 == 5 and ring.num_tokens == 100
+    first = list(ring.epoch(0))
+    assert all(x.shape == (4, 5) for x, _ in first)
+    np.testing.assert_array_equal(first[0][0][:, 0], [0, 25, 50, 75])
+    for x, y in first:
+        np.testing.assert_array_equal(y, (x + 1))  # the next token (ids are positions here)
+    # each row continues exactly where it stopped, across the epoch edge too, wrapping at L
+    rows = np.concatenate([x for e in range(3) for x, _ in ring.epoch(e)], axis=1)
+    for b in range(4):
+        np.testing.assert_array_equal(rows[b], (25 * b + np.arange(rows.shape[1])) % 102)
+    # epoch 1's row b starts where epoch 0's row b stopped: in what was row b + 1's part
+    second = next(iter(ring.epoch(1)))[0]
+    np.testing.assert_array_equal(second[:, 0], (np.array([0, 25, 50, 75]) + 25) % 102)
+    np.testing.assert_array_equal(list(ring)[0][0], first[0][0])  # iter() is epoch 0
+
+
+def test_ring_batcher_chunk_edges_move_when_an_epoch_is_not_whole_streams():
+    from rnnkit.data import RingBatcher
+
+    ring = RingBatcher(np.arange(930), batch_size=4, bptt=7)  # L = 929: streams of 232, epochs of 33 x 7 = 231
+    starts = [next(iter(ring.epoch(e)))[0][0, 0] for e in range(3)]
+    assert starts == [0, 231, 462]  # stream 0 reads on; relative to its stream length (232) the edge moves by 1
+    with pytest.raises(ValueError, match="too short"):
+        RingBatcher(np.arange(20), batch_size=4, bptt=5)
+    with pytest.raises(ValueError, match="1-D integer"):
+        RingBatcher(np.zeros((3, 3), dtype=int), batch_size=1, bptt=1)

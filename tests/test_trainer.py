@@ -448,3 +448,26 @@ def test_ema_config_errors():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match=f"ema_decay {bad}; expected 0 <= ema_decay < 1"):
             TrainConfig(ema_decay=bad)
+
+
+def test_ring_batching_carries_state_across_epochs_and_resumes_exactly(tmp_path):
+    """batching="ring": no reset at the epoch start, and the carry is in the epoch-end checkpoint."""
+    ring = {"embedding_dropout": 0.1, "batching": "ring"}
+    straight_dir = tmp_path / "straight"
+    _, trainer = train(straight_dir, task_overrides=ring)
+    model = trainer.model
+    carry = model.carried_state()
+    assert carry and np.abs(carry["h"]).max() > 0
+    trainer.task.start_epoch(2)  # a ring epoch starts from where the last stopped
+    np.testing.assert_array_equal(model.carried_state()["h"], carry["h"])
+    stopped = tmp_path / "stopped"
+    train(stopped, epochs=1, task_overrides=ring)
+    from rnnkit.checkpoint import load_checkpoint
+    tensors, _ = load_checkpoint(sorted((stopped / "checkpoints").glob("ckpt-*.safetensors"))[-1])
+    assert any(k.endswith("carry.h") for k in tensors)  # saved at the epoch end, not only mid-epoch
+    train(stopped, resume=True, task_overrides=ring)
+    assert_same_run(straight_dir, stopped)
+    # and the ring run is a different run from the reset one (the state and the chunks differ)
+    reset_dir = tmp_path / "reset"
+    train(reset_dir, task_overrides={"embedding_dropout": 0.1})
+    assert epoch_rows(reset_dir)[1]["train_loss"] != pytest.approx(epoch_rows(straight_dir)[1]["train_loss"], rel=1e-9)

@@ -1,4 +1,5 @@
-"""Batching: parallel streams for truncated BPTT, padding with masks, shuffled minibatch indices."""
+"""Batching: parallel streams for truncated BPTT (fixed chunks, or a ring read on across epochs), padding with
+masks, shuffled minibatch indices."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,54 @@ class TBPTTBatcher:
     def __repr__(self) -> str:
         return (f"TBPTTBatcher(batch_size={self.batch_size}, bptt={self.bptt}, "
                 f"stream_len={self.stream_len}, chunks={len(self)})")
+
+
+class RingBatcher:
+    """B parallel streams over the corpus read as a ring, continuing across epochs (DL2's trainer).
+
+    The N ids give L = N - 1 (input, next-token) pairs; stream b starts at ``b * (L // B)``.
+    Global step g reads positions ``(b * (L // B) + g * bptt + t) mod L``, t < ``bptt``; an epoch
+    is ``L // (B * bptt)`` steps, and epoch e starts at step ``e * len(self)``, exactly where
+    epoch e - 1 stopped. So the carried state stays valid across epochs (do not reset it), and
+    because an epoch is not a whole number of stream lengths the chunk edges move from epoch
+    to epoch (by ``L // B - len(self) * bptt`` positions), unlike :class:`TBPTTBatcher`'s fixed chunks.
+    ``epoch(e)`` iterates epoch e's chunks, each (B, bptt), as :class:`TBPTTBatcher` does.
+    """
+
+    def __init__(self, ids, batch_size: int, bptt: int):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids of shape {ids.shape} and dtype {ids.dtype}; expected a 1-D integer array")
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.bptt = _check_positive_int("bptt", bptt)
+        self._x = ids[:-1].astype(np.int64)
+        self._y = ids[1:].astype(np.int64)
+        pairs = len(self._x)
+        self.steps = pairs // (self.batch_size * self.bptt)
+        if self.steps < 1:
+            raise ValueError(f"corpus of N={len(ids)} tokens is too short for batch_size B={self.batch_size} and "
+                             f"bptt T={self.bptt}: need N >= B * T + 1 for one chunk an epoch")
+        self._starts = (pairs // self.batch_size) * np.arange(self.batch_size, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, e: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        pairs, offsets = len(self._x), np.arange(self.bptt, dtype=np.int64)
+        for g in range(e * self.steps, (e + 1) * self.steps):
+            idx = (self._starts[:, None] + g * self.bptt + offsets[None, :]) % pairs
+            yield self._x[idx], self._y[idx]
+
+    def __iter__(self):
+        return self.epoch(0)
+
+    @property
+    def num_tokens(self) -> int:
+        """Targets per epoch, B * bptt * len(self)."""
+        return self.batch_size * self.bptt * self.steps
+
+    def __repr__(self) -> str:
+        return f"RingBatcher(batch_size={self.batch_size}, bptt={self.bptt}, chunks={len(self)})"
 
 
 def pad_batch(sequences: Sequence, pad_id: int, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,10 @@
 The corpus (bundled ``tinyshakespeare``, ``ptb`` from the data folder, or any UTF-8 text
 file) is cut into ``batch_size`` parallel streams; each step reads the next ``bptt``
 tokens of every stream, carrying the hidden state from the previous chunk (gradients stop
-at the chunk edge). The state is reset at each epoch start. Metrics: loss in nats per
-token and perplexity ``exp(loss)``.
+at the chunk edge). The state is reset at each epoch start, and every epoch reads the same
+chunks; ``batching="ring"`` instead reads the streams on around the corpus from where the
+last epoch stopped, never resetting the state (Deep Learning from Scratch 2's trainer; the
+chunk edges then move every epoch). Metrics: loss in nats per token and perplexity ``exp(loss)``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.batching import TBPTTBatcher
+from ..data.batching import RingBatcher, TBPTTBatcher
 from ..data.text import load_corpus, shared_data_dir
 from ..data.vocab import Vocab
 from ..models.language_model import LanguageModel, LanguageModelArchitecture, LanguageModelConfig
@@ -32,6 +34,10 @@ class _CorpusFields:
     max_size: int = field(default=0, metadata={"help": "keep at most this many tokens in the vocabulary (0: all)"})
     batch_size: int = field(default=32, metadata={"help": "parallel streams B"})
     bptt: int = field(default=64, metadata={"help": "truncated-BPTT length T (tokens per chunk)"})
+    batching: str = field(default="reset", metadata={
+        "help": "reset: each epoch starts from a zero state at the stream starts, the same chunks every epoch | "
+                "ring: the streams read on around the corpus across epochs, the state is never reset and the "
+                "chunk edges move each epoch (Deep Learning from Scratch 2's trainer)"})
     eval_batch_size: int = field(default=10, metadata={"help": "parallel streams for evaluation"})
     max_eval_tokens: int = field(default=0, metadata={"help": "evaluate on at most this many tokens (0: all)"})
 
@@ -47,6 +53,8 @@ class LMTaskConfig(LanguageModelArchitecture, _CorpusFields):
                 raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
         if self.level not in ("", "char", "word"):
             raise ValueError(f"level {self.level!r}; expected 'char', 'word' or '' (the corpus's own)")
+        if self.batching not in ("reset", "ring"):
+            raise ValueError(f"batching {self.batching!r}; expected 'reset' or 'ring'")
 
 
 def _data_dir(config: LMTaskConfig):
@@ -83,7 +91,9 @@ class LanguageModelTask:
             raise ValueError("the checkpoint's vocabulary does not match this corpus's; evaluate on text encoded "
                              "with the model's own vocabulary (rnnkit evaluate --file does this)")
         self.model = model
-        self.train_stream = TBPTTBatcher(corpus.train, config.batch_size, config.bptt)
+        batcher = RingBatcher if config.batching == "ring" else TBPTTBatcher
+        self.train_stream = batcher(corpus.train, config.batch_size, config.bptt)
+        self.carries_state_across_epochs = config.batching == "ring"  # the trainer checkpoints the carry then
 
     @classmethod
     def from_config(cls, config: LMTaskConfig, seed: int = 0) -> "LanguageModelTask":
@@ -107,12 +117,15 @@ class LanguageModelTask:
 
     # -- training ------------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
-        self.model.reset_state()
+        if not self.carries_state_across_epochs:
+            self.model.reset_state()
 
     def train_batches(self, epoch: int):
-        """The same chunks every epoch, in stream order (the carried state needs that order)."""
+        """Epoch ``epoch``'s chunks in stream order (the carried state needs that order):
+        the same chunks every epoch, or (``batching="ring"``) the ring read on from the last epoch."""
         xp = self.model.xp
-        for x, y in self.train_stream:
+        chunks = self.train_stream.epoch(epoch) if self.carries_state_across_epochs else self.train_stream
+        for x, y in chunks:
             yield xp.asarray(x), xp.asarray(y)
 
     def num_train_batches(self) -> int:

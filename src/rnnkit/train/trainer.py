@@ -13,7 +13,8 @@ Exact resume. A checkpoint (``run_dir/checkpoints/ckpt-<step>.safetensors``, wri
 atomically) holds the weights, the optimizer's and schedule's state, the counters (epoch,
 batches done in it, step, the epoch's running loss sums, best metric, patience), every
 random stream (``numpy.random.Generator`` state of the task and of every layer, e.g.
-dropout) and, mid-epoch, the model's carried recurrent state (``model.carried_state()``).
+dropout) and, mid-epoch (always, for a task with ``carries_state_across_epochs``), the
+model's carried recurrent state (``model.carried_state()``).
 ``fit(resume=True)`` restores all of it and skips the batches of the current epoch that
 were already done, so the run continues as if never stopped: the same data order, random
 draws and learning rates, hence the same metrics. This needs ``task.train_batches(epoch)``
@@ -431,7 +432,7 @@ class Trainer:
                 tensors[RAW_PREFIX + name], tensors[name] = tensors[name], backend.to_numpy(avg)
         for key, value in self.optimizer.state_dict()["tensors"].items():
             tensors[TRAINER_PREFIX + key] = backend.to_numpy(value)
-        if self.batch_index and hasattr(self.model, "carried_state"):
+        if self._keeps_carry() and hasattr(self.model, "carried_state"):
             for key, value in self.model.carried_state().items():
                 tensors[CARRY_PREFIX + key] = backend.to_numpy(value)
         return self.checkpoints.save(self.step, tensors, payload, best=best)
@@ -455,8 +456,13 @@ class Trainer:
             self._carry = {n[len(CARRY_PREFIX):]: v for n, v in tensors.items() if n.startswith(CARRY_PREFIX)}
         return meta
 
+    def _keeps_carry(self) -> bool:
+        """Does the model's carried state belong in a checkpoint now? Mid-epoch, or always when the
+        task carries it across epochs (an LM with ``batching="ring"``)."""
+        return bool(self.batch_index) or getattr(self.task, "carries_state_across_epochs", False)
+
     def _restore_carry(self) -> None:
-        if self._carry and self.batch_index and hasattr(self.model, "set_carried_state"):
+        if self._carry and self._keeps_carry() and hasattr(self.model, "set_carried_state"):
             self.model.set_carried_state(self._carry)
         self._carry = None
 
