@@ -204,10 +204,13 @@ class TimeSoftmaxWithLoss:
         z = logits.reshape(B * T, V)
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
+        total = p.sum(axis=1, keepdims=True)
+        p /= total
         t = targets.reshape(-1)
         self.cache = (p, t, logits.shape)
-        return float(-np.log(p[np.arange(B * T), t] + 1e-7).mean())
+        # exact -log softmax (log-sum-exp - z); no "+ 1e-7" inside the log, which would
+        # understate the loss of improbable targets, hence the perplexity
+        return float((np.log(total[:, 0]) - z[np.arange(B * T), t]).mean())
 
     def backward(self):
         p, t, shape = self.cache
