@@ -119,3 +119,17 @@ def test_torch_export_fills_b_hh_with_zeros():
     lm.eval()
     logits, _ = lm.predict(ids)
     np.testing.assert_allclose(logits, ref.numpy().reshape(logits.shape), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM])
+def test_analysis_tools_step_a_one_bias_layer(cls):
+    """gradflow's and inspect's step cells rebuild a one-bias stack exactly (b_hh = 0 in the cells)."""
+    from rnnkit.analysis.gradflow import run_cells, step_cells
+
+    layer = cls(D, H, num_layers=2, bias_hh=False, dtype=F64, seed=5)
+    x = np.random.default_rng(3).standard_normal((B, T, D))
+    y, _ = layer(x)
+    cells = step_cells(layer)
+    assert all(not c.params["bias_hh"].any() for c in cells)
+    _, _, y_T = run_cells(cells, x)
+    np.testing.assert_allclose(y_T, y[:, -1], rtol=1e-12, atol=1e-12)

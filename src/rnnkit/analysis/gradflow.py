@@ -63,7 +63,11 @@ def step_cells(rnn) -> list:
             cell = {"lstm": LSTMCell, "gru": GRUCell}[rnn.mode](in_size, rnn.hidden_size, rnn.bias,
                                                               dtype=np.float64, seed=0)
         for name in list(cell.params):
-            cell.params[name] = backend.to_numpy(rnn.params[f"{name}_l{layer}"]).astype(np.float64)
+            key = f"{name}_l{layer}"
+            if key in rnn.params:
+                cell.params[name] = backend.to_numpy(rnn.params[key]).astype(np.float64)
+            else:  # a layer with bias_hh=False has one bias: the cell's b_hh is zero, the sum the same
+                cell.params[name] = np.zeros_like(cell.params[name], dtype=np.float64)
         cells.append(cell)
     return cells
 
