@@ -507,3 +507,10 @@ def test_ring_batcher_chunk_edges_move_when_an_epoch_is_not_whole_streams():
         RingBatcher(np.arange(20), batch_size=4, bptt=5)
     with pytest.raises(ValueError, match="1-D integer"):
         RingBatcher(np.zeros((3, 3), dtype=int), batch_size=1, bptt=1)
+
+
+def test_tbptt_batcher_epochs_are_all_the_same_chunks():
+    batcher = TBPTTBatcher(np.arange(50), batch_size=3, bptt=4)
+    for (x0, y0), (x5, y5) in zip(batcher, batcher.epoch(5), strict=True):
+        np.testing.assert_array_equal(x0, x5)
+        np.testing.assert_array_equal(y0, y5)

@@ -13,6 +13,14 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _check_streams(ids, batch_size, bptt) -> tuple[np.ndarray, int, int]:
+    """(ids as a 1-D integer array, B, T) for a stream batcher, or a ValueError naming the bad one."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids of shape {ids.shape} and dtype {ids.dtype}; expected a 1-D integer array")
+    return ids, _check_positive_int("batch_size", batch_size), _check_positive_int("bptt", bptt)
+
+
 class TBPTTBatcher:
     """Chunks ``(x, y)`` of a token stream for truncated BPTT with B parallel streams.
 
@@ -26,11 +34,7 @@ class TBPTTBatcher:
     """
 
     def __init__(self, ids, batch_size: int, bptt: int):
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids of shape {ids.shape} and dtype {ids.dtype}; expected a 1-D integer array")
-        self.batch_size = _check_positive_int("batch_size", batch_size)
-        self.bptt = _check_positive_int("bptt", bptt)
+        ids, self.batch_size, self.bptt = _check_streams(ids, batch_size, bptt)
         n_tokens = len(ids)
         self.stream_len = (n_tokens - 1) // self.batch_size
         if self.stream_len < 1:
@@ -42,6 +46,10 @@ class TBPTTBatcher:
 
     def __len__(self) -> int:
         return -(-self.stream_len // self.bptt)
+
+    def epoch(self, e: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Epoch ``e``'s chunks: the same for every ``e`` (the interface of :class:`RingBatcher`)."""
+        return iter(self)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, self.stream_len, self.bptt):
@@ -71,11 +79,7 @@ class RingBatcher:
     """
 
     def __init__(self, ids, batch_size: int, bptt: int):
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids of shape {ids.shape} and dtype {ids.dtype}; expected a 1-D integer array")
-        self.batch_size = _check_positive_int("batch_size", batch_size)
-        self.bptt = _check_positive_int("bptt", bptt)
+        ids, self.batch_size, self.bptt = _check_streams(ids, batch_size, bptt)
         self._x = ids[:-1].astype(np.int64)
         self._y = ids[1:].astype(np.int64)
         pairs = len(self._x)

@@ -124,8 +124,7 @@ class LanguageModelTask:
         """Epoch ``epoch``'s chunks in stream order (the carried state needs that order):
         the same chunks every epoch, or (``batching="ring"``) the ring read on from the last epoch."""
         xp = self.model.xp
-        chunks = self.train_stream.epoch(epoch) if self.carries_state_across_epochs else self.train_stream
-        for x, y in chunks:
+        for x, y in self.train_stream.epoch(epoch):
             yield xp.asarray(x), xp.asarray(y)
 
     def num_train_batches(self) -> int:
