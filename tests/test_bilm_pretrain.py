@@ -23,26 +23,8 @@ DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
 RT = DATA / "rt-polarity"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-B, T, V = 3, 5, 11
-LENGTHS = np.array([5, 2, 3])
-MASK = np.arange(T)[None, :] < LENGTHS[:, None]
-
-
-def tiny_ids(seed=0):
-    ids = np.random.default_rng(seed).integers(2, V, size=(B, T))
-    ids[~MASK] = 0
-    return ids
+# the tiny batch, its padding and the one-BLAS-thread fixture are the classifier tests' own
+from test_classifier import B, LENGTHS, MASK, T, V, one_blas_thread, tiny_ids  # noqa: E402, F401
 
 
 def tiny_classifier(cell="lstm", bidirectional=True, num_layers=1, dropout=0.3, seed=1):
