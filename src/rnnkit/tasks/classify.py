@@ -273,7 +273,7 @@ class BiLMPretrainTask:
         rng = np.random.default_rng([self.seed, epoch, 1])  # not the classifier's order of the same epoch
         xp, task = self.model.xp, self.task
         for idx in bucketed_batches(task.splits["train"], task.ids, self.config.batch_size, rng):
-            ids, mask = pad_batch([task.ids[i] for i in idx], task.vocab.pad_id)
+            ids, mask, _ = task.batch(idx)  # the classifier's batches, labels unused
             yield xp.asarray(ids), xp.asarray(mask)
 
     def num_train_batches(self) -> int:
@@ -298,7 +298,7 @@ class BiLMPretrainTask:
         total = count = 0.0
         try:
             for start in range(0, len(idx), batch_size):
-                ids, mask = pad_batch([self.task.ids[i] for i in idx[start:start + batch_size]], self.task.vocab.pad_id)
+                ids, mask, _ = self.task.batch(idx[start:start + batch_size])
                 loss = self.model.loss(xp.asarray(ids), xp.asarray(mask))
                 total, count = total + loss * self.model.count, count + self.model.count
         finally:
