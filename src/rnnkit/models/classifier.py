@@ -12,6 +12,18 @@
 Batches are right-padded: ``mask`` (B, T) is True on each sequence's valid prefix.
 Padded steps neither change the recurrent state nor enter the pooling, so a padded
 sequence is classified exactly as it would be alone.
+
+Adversarial training (``adversarial_eps`` > 0; Miyato, Dai & Goodfellow 2017, "Adversarial
+Training Methods for Semi-Supervised Text Classification"): after the usual backward, each
+sequence's embeddings are moved by an L2 distance ``eps`` in the direction that raises its loss
+the most, to first order,
+
+    g_b = dloss/de_b                                   (T, E) of sequence b
+    r_b = eps * g_b / ||g_b||_2                        (held constant: no gradient through r)
+    loss_adv = mean_b -log softmax(z(e + r)_b)[label_b]
+
+and the gradient of ``loss_adv`` is added to that of ``loss`` (weight 1). The embedding dropout
+mask is shared by both passes; the other dropout masks are drawn again.
 """
 from __future__ import annotations
 
@@ -39,6 +51,9 @@ class ClassifierConfig:
     rnn_dropout: float = field(default=0.0, metadata={"help": "dropout between stacked recurrent layers"})
     embedding_init_std: float = field(default=0.1, metadata={"help": "std of the N(0, std) embedding init"})
     word_dropout: float = field(default=0.0, metadata={"help": "training: replace each token by <unk> with this probability"})
+    adversarial_eps: float = field(default=0.0, metadata={
+        "help": "training: also fit each batch with every sequence's embeddings moved this L2 distance along "
+                "its loss gradient (adversarial training, Miyato et al. 2017; doubles the step's cost); 0: off"})
 
     def __post_init__(self):
         if self.cell not in RECURRENT:
@@ -47,6 +62,8 @@ class ClassifierConfig:
             raise ValueError(f"pooling {self.pooling!r}; expected one of {POOLING_MODES}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout {self.word_dropout!r}; expected 0 <= word_dropout < 1")
+        if not self.adversarial_eps >= 0.0:  # also refuses NaN
+            raise ValueError(f"adversarial_eps {self.adversarial_eps!r}; expected >= 0 (0: no adversarial training)")
 
 
 class SequenceClassifier(Model):
@@ -86,6 +103,8 @@ class SequenceClassifier(Model):
         self.dropout = Dropout(c.dropout, rng=rng)
         self.output = Linear(self.pool.output_size(dirs * c.hidden_size), num_classes, dtype=dtype, rng=rng)
         self.criterion = SoftmaxCrossEntropy()
+        self._embedded, self._adversarial_batch = None, None
+        self.last_adversarial_loss = self.last_adversarial_delta = None  # of the last adversarial pass
 
     def extra_state(self) -> dict:
         return {"vocab_size": self.vocab_size, "num_classes": self.num_classes, "pad_id": self.pad_id,
@@ -107,27 +126,70 @@ class SequenceClassifier(Model):
         """Back through the last ``embed`` (into the embedding's gradient)."""
         self.embedding.backward(self.embed_dropout.backward(de))
 
-    def forward(self, ids, mask=None):
-        """ids (B, T) int, mask (B, T) bool (None: no padding) -> logits (B, num_classes)."""
+    def forward(self, ids, mask=None, delta=None):
+        """ids (B, T) int, mask (B, T) bool (None: no padding) -> logits (B, num_classes).
+
+        ``delta`` (B, T, E), if given, is added to the (dropped-out) embeddings: a perturbation
+        of the input held constant by ``backward``.
+        """
         e = self.embed(ids)
+        if delta is not None:
+            if delta.shape != e.shape:
+                raise ValueError(f"delta shape {delta.shape}; expected the embeddings' shape {e.shape}")
+            e = e + delta
+        self._embedded = e
+        return self._head(e, mask)
+
+    def _head(self, e, mask):
+        """Embeddings (B, T, E) -> logits: recurrent stack, pooling, dropout, affine."""
         y, _ = self.rnn(e, mask=mask)
-        v = self.dropout(self.pool(y, mask))
-        return self.output(v)
+        return self.output(self.dropout(self.pool(y, mask)))
+
+    def _head_backward(self, dlogits):
+        """Back through the last ``_head``: dlogits (B, C) -> gradient of the embeddings (B, T, E)."""
+        dv = self.dropout.backward(self.output.backward(dlogits))
+        return self.rnn.backward(self.pool.backward(dv))
 
     def backward(self, dlogits=None):
-        """Back through the last forward. dlogits (B, C); None: the gradient of the last ``loss``."""
+        """Back through the last forward. dlogits (B, C); None: the gradient of the last ``loss``.
+
+        After a training ``loss`` with ``adversarial_eps`` > 0 this also runs the adversarial pass
+        (module docstring) and accumulates its gradient; its loss and perturbation are
+        ``last_adversarial_loss`` and ``last_adversarial_delta``.
+        """
+        adversarial = dlogits is None and self._adversarial_batch is not None
+        batch, self._adversarial_batch = self._adversarial_batch, None
         if dlogits is None:
             dlogits = self.criterion.backward()
-        dv = self.dropout.backward(self.output.backward(dlogits))
-        dy = self.pool.backward(dv)
-        self.embed_backward(self.rnn.backward(dy))
+        de = self._head_backward(dlogits)
+        if adversarial:
+            labels, mask = batch
+            r = self.last_adversarial_delta = self.adversarial_perturbation(de)
+            z = self._head(self._embedded + r, mask)
+            self.last_adversarial_loss = self.criterion.forward(z, labels)
+            de = de + self._head_backward(self.criterion.backward())
+        self.embed_backward(de)
+
+    def adversarial_perturbation(self, grad):
+        """``eps * g_b / ||g_b||`` for each sequence b of ``grad`` (B, T, E); zero where g_b is zero.
+
+        As in Miyato et al.'s code, each g_b is first divided by its largest magnitude, so the
+        squares neither underflow nor overflow in float32.
+        """
+        xp = self.xp
+        scale = xp.abs(grad).max(axis=(1, 2), keepdims=True)
+        g = grad / xp.where(scale > 0, scale, 1)
+        norm = xp.sqrt((g * g).sum(axis=(1, 2), keepdims=True))
+        return (self.config.adversarial_eps * g / xp.where(norm > 0, norm, 1)).astype(grad.dtype, copy=False)
 
     def loss(self, ids, labels, mask=None) -> float:
         """Mean cross-entropy of the batch (training forward; caches for ``backward()``).
 
-        labels (B,) int class ids.
+        labels (B,) int class ids. The returned loss is the clean one (without the adversarial pass).
         """
         self.last_logits = self.forward(ids, mask)
+        adversarial = self.training and self.config.adversarial_eps > 0
+        self._adversarial_batch = (labels, mask) if adversarial else None
         return self.criterion.forward(self.last_logits, labels)
 
     # -- inference ---------------------------------------------------------------
