@@ -143,3 +143,28 @@ def test_learns_keyword_rule_with_adversarial_training():
             opt.step()
     assert model.last_adversarial_loss is not None
     assert (model.predict(ids, mask) == labels).mean() > 0.97
+
+
+def test_trainer_and_cli_run_the_adversarial_pass(tmp_path, capsys):
+    import json
+
+    from rnnkit import cli
+    from rnnkit.models.base import Model
+    from rnnkit.tasks.classify import ClassifyTask
+    from rnnkit.train.trainer import Trainer, TrainConfig
+
+    from test_bilm_pretrain import write_csv
+
+    data = write_csv(tmp_path / "toy.csv")
+    cfg = ClassifyConfig(dataset=str(data), embedding_dim=8, hidden_size=8, batch_size=8, val_fraction=0.2,
+                         test_fraction=0.2, adversarial_eps=0.3)
+    task = ClassifyTask.from_config(cfg, seed=0)
+    Trainer(task, TrainConfig(epochs=1, lr=1e-2, run_dir=str(tmp_path / "t"), progress=False, plot=False), cfg).fit()
+    assert task.model.last_adversarial_loss is not None  # the Trainer's step went through the adversarial pass
+    assert np.allclose(np.sqrt((task.model.last_adversarial_delta.astype(np.float64) ** 2).sum(axis=(1, 2))), 0.3)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--task", "classify", "--dataset", str(data), "--embedding-dim", "8", "--hidden-size",
+                     "8", "--batch-size", "8", "--epochs", "1", "--adversarial-eps", "0.3", "--run-dir", str(run_dir),
+                     "--no-progress", "--no-plot"]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["task"]["adversarial_eps"] == 0.3
+    assert Model.load(run_dir / "checkpoints" / "best.safetensors").config.adversarial_eps == 0.3
