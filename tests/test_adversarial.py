@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
-from rnnkit.optim import Adam, clip_grad_norm
 from rnnkit.tasks.classify import ClassifyConfig
 
-from test_classifier import MASK, B, T, V, one_blas_thread, tiny_ids  # noqa: F401  (fixture)
+from test_classifier import MASK, B, T, V, fit_keyword_rule, one_blas_thread, tiny_ids  # noqa: F401  (fixture)
 
 E = 4
 LABELS = np.array([0, 2, 1])
@@ -123,26 +122,7 @@ def test_bad_values_are_refused():
 
 def test_learns_keyword_rule_with_adversarial_training():
     """The keyword task of test_classifier, float32, with the adversarial pass on every step."""
-    rng = np.random.default_rng(0)
-    n, T_max = 256, 12
-    lengths = rng.integers(3, T_max + 1, size=n)
-    mask = np.arange(T_max)[None, :] < lengths[:, None]
-    ids = np.where(mask, rng.integers(3, 20, size=(n, T_max)), 0)
-    labels = rng.integers(0, 2, size=n)
-    pos = rng.integers(0, lengths)
-    ids[labels == 1, pos[labels == 1]] = 2
-    cfg = ClassifierConfig(cell="gru", embedding_dim=16, hidden_size=16, dropout=0.0, adversarial_eps=0.5)
-    model = SequenceClassifier(cfg, 20, 2, seed=0)
-    opt = Adam(model, lr=1e-2)
-    for _ in range(15):
-        for idx in np.array_split(rng.permutation(n), 8):
-            model.zero_grad()
-            model.loss(ids[idx], labels[idx], mask[idx])
-            model.backward()
-            clip_grad_norm(model, 5.0)
-            opt.step()
-    assert model.last_adversarial_loss is not None
-    assert (model.predict(ids, mask) == labels).mean() > 0.97
+    assert fit_keyword_rule(adversarial_eps=0.5) > 0.97
 
 
 def test_trainer_and_cli_run_the_adversarial_pass(tmp_path, capsys):
