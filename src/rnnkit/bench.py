@@ -14,6 +14,9 @@ is one token at a time at batch 1, carrying the state, greedy.
 
 Each framework runs in its own worker process (so its peak memory is its own) and the
 parent interleaves their repetitions round by round, so machine noise hits all alike.
+Before each request the parent waits until every worker has gone idle: a BLAS's worker
+threads keep spinning on a core after their last call (NumPy's OpenBLAS for about 0.1 s,
+measured), and a worker timed inside that window of another's loses that core.
 Peak memory is the resident-set high-water mark over building the model and its first
 training steps, minus the resident set just before (``/proc/self/clear_refs``);
 ``transient`` is tracemalloc's peak of the NumPy allocations made by one training step.
@@ -350,6 +353,37 @@ class Worker:
         self.proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of all threads of a process, in seconds (Linux ``schedstat``; 0 elsewhere)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                    total += int(fh.read().split()[0])  # nanoseconds on a CPU
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        return 0.0
+    return total / 1e9
+
+
+def settle(pids, window: float = 0.02, timeout: float = 2.0) -> float:
+    """Wait until none of ``pids`` uses CPU over a ``window``-second interval; return the wait.
+
+    Spinning BLAS threads of an idle worker would otherwise take a core from the worker
+    timed next (0.1 s of spin after NumPy's last OpenBLAS call made a 2-thread torch GEMM
+    loop 1.7x slower in a test on this project's machine). Gives up after ``timeout``.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        before = sum(_cpu_seconds(p) for p in pids)
+        time.sleep(window)
+        if sum(_cpu_seconds(p) for p in pids) - before < 0.05 * window:  # under 5 % of one core
+            break
+    return time.perf_counter() - start
+
+
 def _stats(times) -> dict:
     import numpy as np  # noqa: PLC0415
 
@@ -373,9 +407,11 @@ def run_case(config, cell, frameworks, args, reference) -> list[dict]:
         for r in range(args.rounds):
             order = workers[r % len(workers):] + workers[: r % len(workers)]
             for w in order:
+                settle([v.proc.pid for v in workers])
                 reply = w.ask(f"train {steps}")
                 train_times[w.framework] += reply["times"]
                 rows[w.framework]["last_loss"] = reply["loss"]
+                settle([v.proc.pid for v in workers])
                 gen_times[w.framework] += w.ask(f"gen {args.gen_tokens}")["times"]
         for w in workers:
             if w.framework != "torch":
