@@ -71,8 +71,7 @@ def test_activation_helpers_are_sigmoid_and_tanh(dtype):
 
 
 def _run_layer(layer_class, kernel, dtype, mask, bidirectional, **kw):
-    kernels.use(kernel)
-    try:
+    with kernels.using(kernel):
         rng = np.random.default_rng(3)
         layer = layer_class(5, 7, num_layers=2, bidirectional=bidirectional, dtype=dtype, seed=1, **kw)
         x = (rng.standard_normal((4, 9, 5)) * 3).astype(dtype)
@@ -80,8 +79,6 @@ def _run_layer(layer_class, kernel, dtype, mask, bidirectional, **kw):
         dy = rng.standard_normal(y.shape).astype(dtype)
         dx = layer.backward(dy)
         return [y, dx] + [g.copy() for _, _, g in layer.named_parameters()]
-    finally:
-        kernels.use("fused")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -101,9 +98,10 @@ def test_layers_fused_equal_reference(dtype, layer_class, masked, bidirectional)
 
 
 def test_use_rejects_unknown_kernels():
+    before = kernels.selected()
     with pytest.raises(ValueError, match="kernels 'cuda'"):
         kernels.use("cuda")
-    assert kernels.active() is fused
+    assert kernels.selected() == before and kernels.active() is fused
 
 
 # ---------------------------------------------------------------- loss, linear, clip

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import backend
+from . import backend, kernels
 
 
 _NORM_CHUNK = 1 << 16
@@ -22,6 +22,8 @@ def _sum_of_squares(g) -> float:
     float64 gradients go to one dot product; narrower ones are cast chunk by chunk into a
     small float64 buffer (the float32 dot product alone would lose digits on big tensors).
     """
+    if kernels.native_for(g):  # the same float64 sum on every core
+        return kernels.native.sum_squares(g)
     xp = backend.get_array_module(g)
     flat = g.reshape(-1)
     if g.dtype == xp.float64 or xp is not np:
@@ -46,7 +48,10 @@ def clip_grad_norm(model, max_norm: float) -> float:
     if max_norm is not None and max_norm > 0 and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
-            g *= scale
+            if kernels.native_for(g):
+                kernels.native.scale(g, scale)
+            else:
+                g *= scale
     return total
 
 
@@ -111,7 +116,10 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             g = g + self.momentum * v if self.nesterov else v
-        p -= self.lr * g
+        if kernels.native_for(p, g):  # the same roundings as below, on every core
+            kernels.native.sub_scaled(p, self.lr, g)
+        else:
+            p -= self.lr * g
 
 
 class Adam(Optimizer):

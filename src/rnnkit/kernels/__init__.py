@@ -1,29 +1,77 @@
-"""Pointwise cell kernels, two interchangeable implementations of one contract.
+"""The cell kernels, three interchangeable implementations of one contract.
 
-- ``pointwise``: the NumPy reference, written for reading; the tests' oracle.
-- ``fused``: the fast path (fewer, whole-block array passes), checked against it.
+- ``reference`` (``pointwise``): the NumPy pointwise math of one step, written for
+  reading; the tests' oracle.
+- ``fused``: the same math in fewer, whole-block NumPy passes, bit-identical to it.
+- ``native``: the whole time loop of a layer in C (``native``, ``csrc/native.c``): each
+  thread owns some hidden units, computes their gates from ``W_hh`` packed once per
+  sequence and applies the cell right there. Float32 on NumPy arrays only; everything
+  else (float64 gradient checks, CuPy, single steps) runs ``fused``. Checked against the
+  reference to float32 rounding, not bit for bit (its tanh is its own polynomial).
 
-The time loop asks :func:`active` for the module at every call, so
-``rnnkit.kernels.use("reference")`` switches every layer to the reference (for
-debugging, or to time the difference).
+``native`` is the default where it was built and the CPU has AVX-512 or AVX2 (see
+``native.available()``), else ``fused``. The time loop asks at every call, so
+``rnnkit.kernels.use("reference")`` switches every layer (for debugging, or to time the
+difference); ``with kernels.using("fused"): ...`` switches for a block.
 """
-from . import fused, pointwise
+from contextlib import contextmanager
 
-_KERNELS = {"fused": fused, "reference": pointwise}
-_active = fused
+import numpy as _np
+
+from . import fused, native, pointwise
+
+_POINTWISE = {"native": fused, "fused": fused, "reference": pointwise}
+_selected = "native" if native.available() else "fused"
 
 
 def use(name: str) -> None:
-    """Select the kernels every recurrent layer runs: ``"fused"`` (default) or ``"reference"``."""
-    global _active
-    if name not in _KERNELS:
-        raise ValueError(f"kernels {name!r}; expected one of {sorted(_KERNELS)}")
-    _active = _KERNELS[name]
+    """Select the kernels every recurrent layer runs: ``"native"``, ``"fused"`` or ``"reference"``."""
+    global _selected
+    if name not in _POINTWISE:
+        raise ValueError(f"kernels {name!r}; expected one of {sorted(_POINTWISE)}")
+    if name == "native" and not native.available():
+        raise RuntimeError(f"native kernels unavailable: {native.why_unavailable()}")
+    _selected = name
+
+
+def selected() -> str:
+    """The name of the kernels in use."""
+    return _selected
+
+
+@contextmanager
+def using(name: str):
+    """``with kernels.using("reference"):`` run a block with other kernels, then switch back."""
+    before = _selected
+    use(name)
+    try:
+        yield
+    finally:
+        use(before)
 
 
 def active():
-    """The kernel module in use (``fused`` or ``pointwise``)."""
-    return _active
+    """The pointwise module the NumPy time loop calls (``fused`` or ``pointwise``)."""
+    return _POINTWISE[_selected]
 
 
-__all__ = ["active", "fused", "pointwise", "use"]
+def native_active() -> bool:
+    """True when recurrent layers run their float32 CPU time loops in the native kernels."""
+    return _selected == "native"
+
+
+def native_for(*arrays) -> bool:
+    """True when the native kernels are selected and take these arrays: NumPy, float32,
+    C-contiguous (None entries are skipped). The layers and optimizers ask this before
+    each native call and otherwise run their NumPy code."""
+    if _selected != "native":
+        return False
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not _np.ndarray or a.dtype != _np.float32 or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+__all__ = ["active", "fused", "native", "native_active", "native_for", "pointwise", "selected", "use", "using"]

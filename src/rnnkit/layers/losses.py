@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ._checks import check_float_input
 from .base import Layer
 
@@ -46,12 +46,16 @@ class SoftmaxCrossEntropy(Layer):
             raise ValueError(f"target id {int(t[bad][0])}; expected ids in [0, {V - 1}]")
         # fused log-softmax: one (N, V) buffer holds exp(z - max), and in backward the
         # gradient; the logits themselves are never modified
-        zmax = z.max(axis=1, keepdims=True)
-        e = xp.subtract(z, zmax)
-        xp.exp(e, out=e)
-        sumexp = e.sum(axis=1)
-        rows = xp.arange(len(t))
-        logp_t = (z[rows, t_safe] - zmax[:, 0]) - xp.log(sumexp)
+        if kernels.native_for(z):  # the same passes in C, on every core (float64 row losses)
+            e, sumexp, neg_logp = kernels.native.softmax_forward(z, t_safe)
+            logp_t = -neg_logp
+        else:
+            zmax = z.max(axis=1, keepdims=True)
+            e = xp.subtract(z, zmax)
+            xp.exp(e, out=e)
+            sumexp = e.sum(axis=1)
+            rows = xp.arange(len(t))
+            logp_t = (z[rows, t_safe] - zmax[:, 0]) - xp.log(sumexp)
         count = int(valid.sum())
         self.count = count
         all_valid = count == len(t)
@@ -78,9 +82,13 @@ class SoftmaxCrossEntropy(Layer):
         row_scale = scale / sumexp
         if valid is not None:
             row_scale = row_scale * valid
-        e *= row_scale.astype(e.dtype)[:, None]
-        rows = xp.arange(len(t_safe))
-        e[rows, t_safe] -= scale if valid is None else (valid * scale).astype(e.dtype)
+        target_scale = scale if valid is None else (valid * scale).astype(e.dtype)
+        if kernels.native_for(e):
+            kernels.native.softmax_backward(e, t_safe, row_scale, xp.broadcast_to(target_scale, sumexp.shape))
+        else:
+            e *= row_scale.astype(e.dtype)[:, None]
+            rows = xp.arange(len(t_safe))
+            e[rows, t_safe] -= target_scale
         return e.reshape(shape)
 
 

@@ -11,6 +11,11 @@ The speed tricks of DESIGN.md live here, in one place for all three cells:
 
 A reverse direction runs the same loop over reversed *views* of its inputs.
 
+Two implementations of the loop, one contract: the NumPy loop below (its pointwise math
+from ``kernels.active()``), and, for float32 NumPy sequences of two or more steps, the
+native one (``kernels.native``: the loop, its GEMMs and the cell math in C, threaded).
+Both leave the same cache, so either backward follows either forward.
+
 Masks: at a step where ``mask`` is False the state is carried unchanged
 (``h_t = h_{t-1}``, ``c_t = c_{t-1}``), the output is 0, and no gradient reaches the
 cell there, so padded steps neither change the state nor receive gradient.
@@ -25,6 +30,14 @@ from .. import backend
 from .. import kernels
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+NATIVE_MIN_STEPS = 2  # one step (cells, generation) keeps NumPy: packing W_hh would cost more than the step
+
+
+def _native_mode(mode, nonlinearity, xp, dtype, T):
+    """The native kernels' code for this loop, or None where the NumPy loop runs."""
+    if xp is not np or dtype != np.float32 or T < NATIVE_MIN_STEPS or not kernels.native_active():
+        return None
+    return kernels.native.MODES[(mode, nonlinearity)] if mode == "rnn" else kernels.native.MODES[mode]
 
 
 @dataclass
@@ -65,33 +78,65 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     Returns (y (T, B, H) in original order, zero at masked steps; h_T; c_T or None; cache).
     """
     xp = backend.get_array_module(X)
-    K = kernels.active()
     T, B, D = X.shape
     H = W_hh.shape[1]
+    if mode not in GATES:
+        raise ValueError(f"mode {mode!r}; expected one of {sorted(GATES)}")
     G = GATES[mode] * H
     # input projection of every step at once: (T*B, D) @ (D, G)
     xw = (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, G)
-    if b_ih is not None:  # GRU keeps b_hn inside r * (.); a layer built with bias_hh=False has no b_hh
-        xw += b_ih if mode == "gru" or b_hh is None else b_ih + b_hh
+    b_x = None  # the bias added to xw: GRU keeps b_hn inside r * (.); bias_hh=False has no b_hh
+    if b_ih is not None:
+        b_x = b_ih if mode == "gru" or b_hh is None else b_ih + b_hh
+    native_mode = _native_mode(mode, nonlinearity, xp, X.dtype, T)
+    if b_x is not None and native_mode is None:  # the native loop adds it on the way
+        xw += b_x
     m = None
     if mask is not None:
         m = mask.reshape(T, B, 1)
     if reverse:
         xw = xw[::-1]
         m = m[::-1] if m is not None else None
-    # h (B, H) @ W_hh^T runs T times on a (B, H) @ (H, G) GEMM; a contiguous copy of W_hh^T
-    # makes that GEMM 1.5-2.5x faster than the transposed view (OpenBLAS, small B), and
-    # costs one copy per call; a single step (cells, generation) keeps the view
-    W_hhT = _transposed_copy(W_hh) if T > 1 else W_hh.T
     Hs = xp.empty((T + 1, B, H), dtype=X.dtype)
     Hs[0] = h0
     cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw)
-
     if mode == "lstm":
-        Cs = xp.empty((T + 1, B, H), dtype=X.dtype)
-        Cs[0] = c0
-        tanh_c = xp.empty((T, B, H), dtype=X.dtype)
-        tmp = xp.empty((B, G), dtype=X.dtype)
+        cache.Cs = xp.empty((T + 1, B, H), dtype=X.dtype)
+        cache.Cs[0] = c0
+        cache.tanh_c = xp.empty((T, B, H), dtype=X.dtype)
+    elif mode == "gru":
+        cache.hw_n = xp.empty((T, B, H), dtype=X.dtype)
+
+    if native_mode is not None:
+        cache.gates = np.ascontiguousarray(xw)  # a copy only for a reverse direction's view
+        mask_u8 = None if m is None else np.ascontiguousarray(m.reshape(T, B)).view(np.uint8)
+        aux = cache.tanh_c if mode == "lstm" else cache.hw_n
+        kernels.native.cell_forward(native_mode, cache.gates, np.ascontiguousarray(W_hh), b_x,
+                                    b_hh if mode == "gru" else None, Hs, cache.Cs, aux, mask_u8)
+    else:
+        _forward_loop(cache, xw, b_hh)
+
+    y = Hs[1:] if m is None else Hs[1:] * m
+    if reverse:
+        y = y[::-1]
+    c_T = cache.Cs[T] if mode == "lstm" else None
+    return y, Hs[T], c_T, cache
+
+
+def _forward_loop(c: UnrollCache, xw, b_hh) -> None:
+    """The NumPy time loop: per step one ``h_{t-1} W_hh^T`` GEMM and the pointwise kernel."""
+    xp = backend.get_array_module(xw)
+    K = kernels.active()
+    T, B, G = xw.shape
+    H = c.W_hh.shape[1]
+    Hs, m = c.Hs, c.mask
+    # h (B, H) @ W_hh^T runs T times on a (B, H) @ (H, G) GEMM; a contiguous copy of W_hh^T
+    # makes that GEMM 1.5-2.5x faster than the transposed view (OpenBLAS, small B), and
+    # costs one copy per call; a single step (cells, generation) keeps the view
+    W_hhT = _transposed_copy(c.W_hh) if T > 1 else c.W_hh.T
+    if c.mode == "lstm":
+        Cs, tanh_c = c.Cs, c.tanh_c
+        tmp = xp.empty((B, G), dtype=xw.dtype)
         for t in range(T):
             A = xw[t]  # becomes the activated gates, kept for backward
             xp.matmul(Hs[t], W_hhT, out=tmp)
@@ -101,37 +146,27 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
                 keep = ~m[t]
                 xp.copyto(Hs[t + 1], Hs[t], where=keep)
                 xp.copyto(Cs[t + 1], Cs[t], where=keep)
-        cache.Cs, cache.tanh_c = Cs, tanh_c
-    elif mode == "gru":
-        gates = xp.empty((T, B, G), dtype=X.dtype)
-        hw_n = xp.empty((T, B, H), dtype=X.dtype)
-        hw = xp.empty((B, G), dtype=X.dtype)
+    elif c.mode == "gru":
+        gates = xp.empty((T, B, G), dtype=xw.dtype)
+        hw = xp.empty((B, G), dtype=xw.dtype)
         for t in range(T):
             xp.matmul(Hs[t], W_hhT, out=hw)
             if b_hh is not None:
                 hw += b_hh
-            hw_n[t] = hw[:, 2 * H :]
+            c.hw_n[t] = hw[:, 2 * H :]
             K.gru_forward(xw[t], hw, Hs[t], gates[t], Hs[t + 1])
             if m is not None:
                 xp.copyto(Hs[t + 1], Hs[t], where=~m[t])
-        cache.gates, cache.hw_n = gates, hw_n
-    elif mode == "rnn":
-        tmp = xp.empty((B, G), dtype=X.dtype)
+        c.gates = gates
+    else:
+        tmp = xp.empty((B, G), dtype=xw.dtype)
         for t in range(T):
             A = xw[t]
             xp.matmul(Hs[t], W_hhT, out=tmp)
             A += tmp
-            K.rnn_forward(A, nonlinearity, out=Hs[t + 1])
+            K.rnn_forward(A, c.nonlinearity, out=Hs[t + 1])
             if m is not None:
                 xp.copyto(Hs[t + 1], Hs[t], where=~m[t])
-    else:
-        raise ValueError(f"mode {mode!r}; expected one of {sorted(GATES)}")
-
-    y = Hs[1:] if m is None else Hs[1:] * m
-    if reverse:
-        y = y[::-1]
-    c_T = cache.Cs[T] if mode == "lstm" else None
-    return y, Hs[T], c_T, cache
 
 
 def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tuple[str, str, str, str]):
@@ -142,12 +177,12 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     (weight_ih, weight_hh, bias_ih, bias_hh). Returns (dX (T, B, D), dh0, dc0 or None).
     """
     c = cache
+    if c.gates is None:
+        raise RuntimeError("backward called twice for one forward: the cache is consumed by the first")
     xp = backend.get_array_module(c.X)
-    K = kernels.active()
     T, B, D = c.X.shape
     H = c.W_hh.shape[1]
     G = GATES[c.mode] * H
-    m = c.mask
     if dy is not None and c.reverse:
         dy = dy[::-1]
     dh = xp.zeros((B, H), dtype=c.X.dtype)
@@ -158,21 +193,64 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         dc = xp.zeros((B, H), dtype=c.X.dtype)
         if dc_T is not None:
             dc += dc_T
-        dc_prev = xp.empty((B, H), dtype=c.X.dtype)
-        work = xp.empty((2, B, G), dtype=c.X.dtype)  # kernel scratch, reused every step
     # dXW, the gradient of x W_ih^T + b_ih, is written over the cached (T, B, G) buffer the
     # backward consumes (LSTM: the gates, read at step t before dA_t replaces them; GRU:
-    # the gates, copied a step at a time first; RNN: the unused pre-activations), so BPTT
-    # allocates no second (T, B, G) array. dHW, that of h W_hh^T + b_hh, is dXW itself
-    # except the GRU's n block, which is kept over the consumed hw_n (T, B, H).
+    # the gates; RNN: the unused pre-activations), so BPTT allocates no second (T, B, G)
+    # array. dHW, that of h W_hh^T + b_hh, is dXW itself except the GRU's n block, which
+    # is kept over the consumed hw_n (T, B, H).
     dXW, c.gates = c.gates, None  # consumed: one backward per forward
-    dHW = dXW
+    dHW_n, c.hw_n = c.hw_n, None
+    native_mode = _native_mode(c.mode, c.nonlinearity, xp, dXW.dtype, T)
+    dbias = None  # the bias gradients, when the native loop summed them on the way
+    if native_mode is not None and dXW.flags.c_contiguous:
+        dy_c = None if dy is None else np.ascontiguousarray(dy, dtype=dXW.dtype)
+        mask_u8 = None if c.mask is None else np.ascontiguousarray(c.mask.reshape(T, B)).view(np.uint8)
+        aux = c.tanh_c if c.mode == "lstm" else dHW_n
+        dbias = kernels.native.cell_backward(native_mode, dXW, np.ascontiguousarray(c.W_hh), c.Hs, c.Cs, aux,
+                                             dy_c, dh, dc, mask_u8, bias_grad=c.has_bias)
+    else:
+        dh, dc = _backward_loop(c, dXW, dHW_n, dy, dh, dc)
+
+    # weight gradients: one GEMM each over all steps
+    w_ih, w_hh, b_ih, b_hh = names
+    H_prev = c.Hs[:-1].reshape(T * B, H)
+    if c.mode == "gru":  # [r, z] rows from dXW, n rows from dHW_n
+        dXW_rz = dXW.reshape(T * B, G)[:, : 2 * H]
+        grads[w_hh][: 2 * H] += dXW_rz.T @ H_prev
+        grads[w_hh][2 * H :] += dHW_n.reshape(T * B, H).T @ H_prev
+        if c.has_bias:
+            grads[b_hh][: 2 * H] += dXW_rz.sum(axis=0) if dbias is None else dbias[: 2 * H]
+            grads[b_hh][2 * H :] += dHW_n.sum(axis=(0, 1)) if dbias is None else dbias[G:]
+    else:
+        grads[w_hh] += dXW.reshape(T * B, G).T @ H_prev
+    if c.has_bias:
+        db = dXW.sum(axis=(0, 1)) if dbias is None else dbias[:G].astype(dXW.dtype)
+        grads[b_ih] += db
+        if c.mode != "gru" and b_hh in grads:  # the same sum: both biases enter the same pre-activation
+            grads[b_hh] += db
+    if c.reverse:
+        dXW = xp.ascontiguousarray(dXW[::-1])
+    dXW2 = dXW.reshape(T * B, G)
+    grads[w_ih] += dXW2.T @ c.X.reshape(T * B, D)
+    dX = (dXW2 @ c.W_ih).reshape(T, B, D)
+    return dX, dh, dc
+
+
+def _backward_loop(c: UnrollCache, dXW, dHW_n, dy, dh, dc):
+    """The NumPy BPTT loop; writes dXW (and the GRU's dHW_n) in place, returns (dh0, dc0)."""
+    xp = backend.get_array_module(dXW)
+    K = kernels.active()
+    T, B, G = dXW.shape
+    H = c.W_hh.shape[1]
+    m = c.mask
+    if c.mode == "lstm":
+        dc_prev = xp.empty((B, H), dtype=dXW.dtype)
+        work = xp.empty((2, B, G), dtype=dXW.dtype)  # kernel scratch, reused every step
     if c.mode == "gru":
-        gate_t = xp.empty((B, G), dtype=c.X.dtype)
-        dhw_t = xp.empty((B, G), dtype=c.X.dtype)
-        dHW_n, c.hw_n = c.hw_n, None
-    g = xp.empty((B, H), dtype=c.X.dtype)  # gradient reaching the cell's new h
-    rec = xp.empty((B, H), dtype=c.X.dtype) if m is not None else None
+        gate_t = xp.empty((B, G), dtype=dXW.dtype)
+        dhw_t = xp.empty((B, G), dtype=dXW.dtype)
+    g = xp.empty((B, H), dtype=dXW.dtype)  # gradient reaching the cell's new h
+    rec = xp.empty((B, H), dtype=dXW.dtype) if m is not None else None
 
     for t in range(T - 1, -1, -1):
         # dh holds the gradient reaching h_t from step t+1 (and dh_T at the start)
@@ -200,7 +278,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             K.rnn_backward(c.Hs[t + 1], g, c.nonlinearity, out=dXW[t])
         # gradient reaching h_{t-1}: through W_hh (written straight into dh when nothing
         # passes through), plus the GRU's direct path h_t = ... + z * h_{t-1}
-        dhw = dhw_t if c.mode == "gru" else dHW[t]
+        dhw = dhw_t if c.mode == "gru" else dXW[t]
         if m is None:
             xp.matmul(dhw, c.W_hh, out=dh)
         else:
@@ -208,27 +286,4 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
             dh += rec
         if c.mode == "gru":
             dh += g * gate_t[:, H : 2 * H]
-
-    # weight gradients: one GEMM each over all steps
-    w_ih, w_hh, b_ih, b_hh = names
-    H_prev = c.Hs[:-1].reshape(T * B, H)
-    if c.mode == "gru":  # [r, z] rows from dXW, n rows from dHW_n
-        dXW_rz = dXW.reshape(T * B, G)[:, : 2 * H]
-        grads[w_hh][: 2 * H] += dXW_rz.T @ H_prev
-        grads[w_hh][2 * H :] += dHW_n.reshape(T * B, H).T @ H_prev
-        if c.has_bias:
-            grads[b_hh][: 2 * H] += dXW_rz.sum(axis=0)
-            grads[b_hh][2 * H :] += dHW_n.sum(axis=(0, 1))
-    else:
-        grads[w_hh] += dHW.reshape(T * B, G).T @ H_prev
-    if c.has_bias:
-        db = dXW.sum(axis=(0, 1))
-        grads[b_ih] += db
-        if c.mode != "gru" and b_hh in grads:  # the same sum: both biases enter the same pre-activation
-            grads[b_hh] += db
-    if c.reverse:
-        dXW = xp.ascontiguousarray(dXW[::-1])
-    dXW2 = dXW.reshape(T * B, G)
-    grads[w_ih] += dXW2.T @ c.X.reshape(T * B, D)
-    dX = (dXW2 @ c.W_ih).reshape(T, B, D)
-    return dX, dh, dc
+    return dh, dc

@@ -1,0 +1,292 @@
+"""The native CPU kernels (``csrc/native.c``) behind a small NumPy-facing API.
+
+What they do that NumPy cannot: run a recurrent layer's whole time loop in one call,
+with ``W_hh`` packed once per sequence instead of once per step (OpenBLAS packs it again
+at every ``h @ W_hh.T``), each of the threads computing every gate of its own hidden
+units, and the pointwise cell math fused into the GEMM tile that produced it. The
+softmax cross-entropy's two passes over the (N, V) logits run here too, on every core.
+
+The library is optional. It is built with the package when a C compiler is there
+(``pip install -e .``); :func:`available` is False when it was not built, when the CPU
+has neither AVX-512 nor AVX2 + FMA, or when ``RNNKIT_NATIVE=0`` is set. Callers then keep
+the NumPy kernels, which are also the tests' reference for these (float32 only:
+float64, for gradient checks, always runs the NumPy path).
+
+Threads: as many as NumPy's OpenBLAS is set to use (so ``threadpoolctl`` limits apply),
+or ``RNNKIT_NUM_THREADS``. The first use hands OpenBLAS this library's thread pool
+through ``openblas_set_threads_callback_function`` (OpenBLAS >= 0.3.27), so that a
+GEMM's threads and the time loop's are the same threads: OpenBLAS's own workers spin for
+about 0.1 s after each call (measured), and two pools spinning on two cores would take
+turns on them. ``RNNKIT_OPENBLAS_HOOK=0`` leaves OpenBLAS alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+
+import numpy as np
+
+MODES = {("rnn", "tanh"): 0, ("rnn", "relu"): 1, "lstm": 2, "gru": 3}
+ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
+
+_lib = None
+_load_error: str | None = None
+_blas_threads = None  # ctypes function: OpenBLAS's current thread count
+_hooked = False
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+def _library_path() -> str | None:
+    spec = importlib.util.find_spec("rnnkit.kernels._native")
+    return spec.origin if spec is not None else None
+
+
+def _load():
+    global _lib, _load_error
+    if _lib is not None or _load_error is not None:
+        return _lib
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        _load_error = "disabled by RNNKIT_NATIVE=0"
+        return None
+    path = _library_path()
+    if path is None:
+        _load_error = "rnnkit.kernels._native was not built (no C compiler at install time?)"
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        _load_error = f"cannot load {os.path.basename(path)}: {exc}"
+        return None
+    vp, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    lib.rk_isa.restype = i
+    lib.rk_force_isa.argtypes = [i]
+    lib.rk_force_isa.restype = i
+    lib.rk_set_spin_us.argtypes = [i]
+    lib.rk_pool_threads.restype = i
+    f, d = ctypes.c_float, ctypes.c_double
+    lib.rk_cell_forward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, i]
+    lib.rk_cell_forward.restype = i
+    lib.rk_cell_backward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
+    lib.rk_cell_backward.restype = i
+    lib.rk_sub_scaled.argtypes = [vp, f, vp, l, i]
+    lib.rk_sub_scaled.restype = i
+    lib.rk_scale.argtypes = [vp, f, l, i]
+    lib.rk_scale.restype = i
+    lib.rk_add_rows.argtypes = [vp, vp, l, l, i]
+    lib.rk_add_rows.restype = i
+    lib.rk_sum_squares.argtypes = [vp, l, i]
+    lib.rk_sum_squares.restype = d
+    lib.rk_softmax_forward.argtypes = [vp, l, l, vp, vp, vp, vp, i]
+    lib.rk_softmax_forward.restype = i
+    lib.rk_softmax_backward.argtypes = [vp, l, l, vp, vp, vp, i]
+    lib.rk_softmax_backward.restype = i
+    if lib.rk_isa() == 0:
+        _load_error = "this CPU has neither AVX-512 nor AVX2 + FMA"
+        return None
+    _lib = lib
+    return lib
+
+
+def available() -> bool:
+    """True when the native kernels are built, loadable and supported by this CPU."""
+    return _load() is not None
+
+
+def why_unavailable() -> str | None:
+    """The reason :func:`available` is False, or None."""
+    _load()
+    return _load_error
+
+
+def isa() -> str:
+    """The instruction set the kernels run: "avx512", "avx2" or "none"."""
+    lib = _load()
+    return ISA_NAMES[lib.rk_isa()] if lib is not None else "none"
+
+
+def force_isa(name: str | None) -> None:
+    """Run a lower instruction set than the CPU's ("avx2"), or the CPU's own (None). For tests."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_load_error}")
+    level = -1 if name is None else {v: k for k, v in ISA_NAMES.items()}.get(name)
+    if level is None or lib.rk_force_isa(level) != 0:
+        raise ValueError(f"isa {name!r}; expected None or one this CPU supports (it has {ISA_NAMES[lib.rk_isa()]})")
+
+
+# ---------------------------------------------------------------------- threads
+def _find_openblas():
+    """NumPy's OpenBLAS, already loaded in this process (found in /proc/self/maps), or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def _symbol(lib, stem: str):
+    for name in (f"scipy_{stem}64_", f"{stem}64_", stem, f"scipy_{stem}"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _setup_threads() -> None:
+    global _blas_threads, _hooked
+    if _hooked:
+        return
+    _hooked = True
+    blas = _find_openblas()
+    if blas is None:
+        return
+    get = _symbol(blas, "openblas_get_num_threads")
+    if get is not None:
+        get.restype = ctypes.c_int
+        _blas_threads = get
+    if os.environ.get("RNNKIT_OPENBLAS_HOOK", "1") != "0":
+        hook = _symbol(blas, "openblas_set_threads_callback_function")
+        if hook is not None:
+            hook.argtypes = [ctypes.c_void_p]
+            hook(ctypes.cast(_lib.rk_openblas_callback, ctypes.c_void_p))
+
+
+def num_threads() -> int:
+    """Threads the kernels use: ``RNNKIT_NUM_THREADS``, else OpenBLAS's count, else the CPUs."""
+    env = os.environ.get("RNNKIT_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    _setup_threads()
+    if _blas_threads is not None:
+        return max(1, int(_blas_threads()))
+    return os.cpu_count() or 1
+
+
+def _ptr(a) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def _check(arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
+            raise ValueError(f"{name}: dtype {a.dtype}, contiguous={a.flags.c_contiguous}; expected C-contiguous float32")
+
+
+def _raise(rc: int, what: str) -> None:
+    if rc == -1:
+        raise MemoryError(f"native {what}: out of memory for the packed weights")
+    if rc != 0:
+        raise RuntimeError(f"native {what} failed (code {rc}): {_load_error or 'unsupported CPU'}")
+
+
+# ---------------------------------------------------------------------- kernels
+def cell_forward(mode: int, xw, W_hh, b_x, b_hh, Hs, Cs, aux, mask) -> None:
+    """All T steps of one direction, in place.
+
+    xw (T, B, G): input projections ``x W_ih^T``, replaced by the activated gates (LSTM
+    i f g o, GRU r z n); b_x (G,) or None is added to them first (LSTM/RNN: b_ih + b_hh,
+    GRU: b_ih). W_hh (G, H); b_hh (G,) for the GRU only (it sits inside ``r * (.)``).
+    Hs (T+1, B, H) with Hs[0] = h0 receives h_1..h_T; LSTM: Cs likewise, aux (T, B, H)
+    receives tanh(c_t); GRU: aux receives h_{t-1} W_hn^T + b_hn. mask (T, B) uint8 or None.
+    """
+    lib = _load()
+    T, B, _ = xw.shape
+    H = W_hh.shape[1]
+    _check({"xw": xw, "W_hh": W_hh, "b_x": b_x, "b_hh": b_hh, "Hs": Hs, "Cs": Cs, "aux": aux})
+    rc = lib.rk_cell_forward(mode, T, B, H, _ptr(xw), _ptr(W_hh), _ptr(b_x), _ptr(b_hh), _ptr(Hs), _ptr(Cs),
+                             _ptr(aux), _ptr(mask), num_threads())
+    _raise(rc, "forward")
+
+
+def cell_backward(mode: int, gates, W_hh, Hs, Cs, aux, dy, dh, dc, mask, bias_grad: bool = True):
+    """BPTT over all T steps of one direction, in place.
+
+    gates (T, B, G) from :func:`cell_forward`, replaced by dA (the gradient of the
+    pre-activations; GRU: of ``x W_ih^T + b_ih``); GRU: aux (hw_n) replaced by the
+    gradient of ``h W_hn^T + b_hn``. dy (T, B, H) or None. dh, dc (B, H): the gradient of
+    the final state on entry, of the initial state on return. Returns the bias gradients
+    summed in float64 while dA is made (G,) (GRU: (G + H,), the n block's b_hn last), or
+    None when ``bias_grad`` is False.
+    """
+    lib = _load()
+    T, B, G = gates.shape
+    H = W_hh.shape[1]
+    _check({"gates": gates, "W_hh": W_hh, "Hs": Hs, "Cs": Cs, "aux": aux, "dy": dy, "dh": dh, "dc": dc})
+    gru = mode == MODES["gru"]
+    dhw = np.empty((2, B, G), dtype=np.float32) if gru else None
+    extra = np.empty((B, H), dtype=np.float32)
+    dbias = np.zeros(G + (H if gru else 0), dtype=np.float64) if bias_grad else None
+    rc = lib.rk_cell_backward(mode, T, B, H, _ptr(gates), _ptr(W_hh), _ptr(Hs), _ptr(Cs), _ptr(aux), _ptr(dy),
+                              _ptr(dh), _ptr(dc), _ptr(dhw), _ptr(extra), _ptr(dbias), _ptr(mask), num_threads())
+    _raise(rc, "backward")
+    return dbias
+
+
+# ---------------------------------------------------------------------- elementwise
+def _flat(a, name):
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f"{name}: dtype {a.dtype}, contiguous={a.flags.c_contiguous}; expected C-contiguous float32")
+    return a.size
+
+
+def sub_scaled(y, a: float, x) -> None:
+    """``y -= a * x`` in place (float32, rounded as NumPy's ``y -= a * x``)."""
+    n = _flat(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x has shape {x.shape}; expected {y.shape}")
+    _flat(x, "x")
+    _raise(_load().rk_sub_scaled(_ptr(y), a, _ptr(x), n, num_threads()), "sub_scaled")
+
+
+def scale(y, a: float) -> None:
+    """``y *= a`` in place."""
+    _raise(_load().rk_scale(_ptr(y), a, _flat(y, "y"), num_threads()), "scale")
+
+
+def add_rows(y, b) -> None:
+    """``y += b`` for y (N, V) and b (V,), in place."""
+    _flat(y, "y")
+    _flat(b, "b")
+    N, V = y.shape
+    if b.shape != (V,):
+        raise ValueError(f"b has shape {b.shape}; expected ({V},)")
+    _raise(_load().rk_add_rows(_ptr(y), _ptr(b), N, V, num_threads()), "add_rows")
+
+
+def sum_squares(x) -> float:
+    """``sum(x**2)`` accumulated in float64 (fixed chunk order: the same for any thread count)."""
+    total = _load().rk_sum_squares(_ptr(x), _flat(x, "x"), num_threads())
+    if total < 0:
+        raise MemoryError("native sum_squares: out of memory")
+    return float(total)
+
+
+def softmax_forward(z, targets):
+    """Rows of z (N, V) float32: (exp(z - rowmax), sumexp (N,), -log softmax(z)[target] (N,) float64)."""
+    lib = _load()
+    N, V = z.shape
+    probs = np.empty_like(z)
+    sumexp = np.empty(N, dtype=np.float32)
+    row_loss = np.empty(N, dtype=np.float64)
+    t = np.ascontiguousarray(targets, dtype=np.int64)
+    rc = lib.rk_softmax_forward(_ptr(z), N, V, _ptr(t), _ptr(probs), _ptr(sumexp), _ptr(row_loss), num_threads())
+    _raise(rc, "softmax forward")
+    return probs, sumexp, row_loss
+
+
+def softmax_backward(probs, targets, row_scale, target_scale) -> None:
+    """In place: probs[r] *= row_scale[r]; probs[r, targets[r]] -= target_scale[r]."""
+    lib = _load()
+    N, V = probs.shape
+    t = np.ascontiguousarray(targets, dtype=np.int64)
+    rs = np.ascontiguousarray(row_scale, dtype=np.float32)
+    ts = np.ascontiguousarray(target_scale, dtype=np.float32)
+    rc = lib.rk_softmax_backward(_ptr(probs), N, V, _ptr(t), _ptr(rs), _ptr(ts), num_threads())
+    _raise(rc, "softmax backward")

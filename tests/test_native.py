@@ -1,0 +1,302 @@
+"""The native CPU kernels (``rnnkit.kernels.native``) against the NumPy reference.
+
+The reference (``kernels.use("reference")``) is the oracle: it is gradient-checked in
+float64 and compared with PyTorch elsewhere. The native kernels are float32 with their
+own tanh polynomial, so the comparison is to float32 rounding, never bit for bit; the
+exceptions are the claims the native code makes about itself (the same result for any
+thread count, NumPy's exact roundings in the elementwise passes), which are tested
+exactly. Skipped where the kernels are not built or the CPU lacks AVX2.
+"""
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from rnnkit import GRU, LSTM, RNN, SoftmaxCrossEntropy, kernels
+from rnnkit.kernels import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
+
+CASES = [  # (B, T, D, H): H not a multiple of any vector width, B past a tile's rows, B = 1
+    (4, 9, 5, 7), (13, 6, 3, 40), (1, 5, 2, 17), (20, 12, 16, 100), (33, 4, 8, 33),
+]
+LAYERS = [(LSTM, {}), (GRU, {}), (RNN, {}), (RNN, {"nonlinearity": "relu"})]
+ISAS = ["avx512", "avx2"] if native.isa() == "avx512" else [native.isa()]
+
+
+def run_layer(kernel, cls, kw, B, T, D, H, mask=None, bidirectional=False, num_layers=2, threads=None,
+              isa=None, x_scale=3.0, seed=3):
+    """Forward + backward of a fresh layer; returns [y, dx, h_n (, c_n), every grad]."""
+    env_before = os.environ.get("RNNKIT_NUM_THREADS")
+    if threads is not None:
+        os.environ["RNNKIT_NUM_THREADS"] = str(threads)
+    if isa is not None and kernel == "native":
+        native.force_isa(isa)
+    try:
+        with kernels.using(kernel):
+            rng = np.random.default_rng(seed)
+            layer = cls(D, H, num_layers=num_layers, bidirectional=bidirectional, dtype=np.float32, seed=1, **kw)
+            x = (rng.standard_normal((B, T, D)) * x_scale).astype(np.float32)
+            y, state = layer.forward(x, mask=mask)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            dstate = tuple(rng.standard_normal(s.shape).astype(np.float32) for s in state) \
+                if isinstance(state, tuple) else rng.standard_normal(state.shape).astype(np.float32)
+            dx = layer.backward(dy, dstate)
+            states = list(state) if isinstance(state, tuple) else [state]
+            d0 = layer.dstate0 if isinstance(layer.dstate0, tuple) else (layer.dstate0,)
+            return [y, dx] + states + list(d0) + [g.copy() for _, _, g in layer.named_parameters()]
+    finally:
+        native.force_isa(None)
+        if threads is not None:
+            if env_before is None:
+                os.environ.pop("RNNKIT_NUM_THREADS", None)
+            else:
+                os.environ["RNNKIT_NUM_THREADS"] = env_before
+
+
+def assert_close(got, want, rtol=2e-5):
+    for i, (a, b) in enumerate(zip(got, want)):
+        scale = max(float(np.abs(b).max()), 1e-3)
+        err = float(np.abs(a.astype(np.float64) - b).max()) / scale
+        assert err < rtol, f"output {i}: max error {err:.2e} of its largest value"
+
+
+def padding_mask(B, T):
+    mask = np.ones((B, T), dtype=bool)
+    mask[B // 2, T // 2 :] = False
+    mask[-1, 1:] = False
+    return mask
+
+
+@pytest.mark.parametrize("cls,kw", LAYERS, ids=["lstm", "gru", "rnn", "rnn-relu"])
+@pytest.mark.parametrize("B,T,D,H", CASES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_layers_match_the_reference(cls, kw, B, T, D, H, isa):
+    assert_close(run_layer("native", cls, kw, B, T, D, H, isa=isa), run_layer("reference", cls, kw, B, T, D, H))
+
+
+@pytest.mark.parametrize("cls,kw", LAYERS, ids=["lstm", "gru", "rnn", "rnn-relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_masks_and_both_directions_match_the_reference(cls, kw, bidirectional):
+    B, T, D, H = 6, 10, 4, 21
+    mask = padding_mask(B, T)
+    got = run_layer("native", cls, kw, B, T, D, H, mask=mask, bidirectional=bidirectional)
+    assert_close(got, run_layer("reference", cls, kw, B, T, D, H, mask=mask, bidirectional=bidirectional))
+    y = got[0]
+    assert not y[mask == False].any()  # noqa: E712 - padded steps output exactly 0
+
+
+@pytest.mark.parametrize("cls,kw", LAYERS, ids=["lstm", "gru", "rnn", "rnn-relu"])
+def test_saturated_inputs_match_the_reference(cls, kw):
+    """Pre-activations far in both tails, where sigma and tanh round to 0 and +-1."""
+    args = (cls, kw, 5, 6, 4, 19)
+    assert_close(run_layer("native", *args, x_scale=300.0), run_layer("reference", *args, x_scale=300.0))
+
+
+@pytest.mark.parametrize("cls,kw", LAYERS, ids=["lstm", "gru", "rnn", "rnn-relu"])
+def test_the_result_does_not_depend_on_the_thread_count(cls, kw):
+    """Each unit's arithmetic is the same whichever thread owns it: bit-identical results."""
+    args = (cls, kw, 9, 7, 5, 70)
+    one = run_layer("native", *args, threads=1)
+    for threads in (2, 3):
+        for a, b in zip(run_layer("native", *args, threads=threads), one):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_native_and_numpy_loops_share_one_cache():
+    """A native forward with the NumPy backward (and the reverse) equals either alone."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 8, 6)).astype(np.float32)
+    dy = rng.standard_normal((5, 8, 2 * 11)).astype(np.float32)
+    results = {}
+    for fwd, bwd in (("native", "native"), ("native", "reference"), ("reference", "native"), ("reference", "reference")):
+        layer = LSTM(6, 11, num_layers=2, bidirectional=True, dtype=np.float32, seed=4)
+        with kernels.using(fwd):
+            y, _ = layer.forward(x)
+        with kernels.using(bwd):
+            dx = layer.backward(dy)
+        results[fwd, bwd] = [y, dx] + [g.copy() for _, _, g in layer.named_parameters()]
+    for key, value in results.items():
+        assert_close(value, results["reference", "reference"])
+
+
+def test_nan_propagates_instead_of_being_swallowed():
+    """A NaN weight must reach the output (the trainer's divergence check depends on it):
+    no clamp or max in the native math may turn it into a number."""
+    for cls, kw in LAYERS:
+        layer = cls(3, 20, dtype=np.float32, seed=0, **kw)
+        layer.params["weight_ih_l0"][0, 0] = np.nan  # the first gate of unit 0
+        x = np.ones((2, 4, 3), dtype=np.float32)
+        with kernels.using("native"):
+            y, _ = layer.forward(x)
+        assert np.isnan(y[:, 0, 0]).all() and np.isnan(y[:, -1]).all(), cls.__name__
+
+
+def test_two_python_threads_at_once_are_both_right():
+    """The pool serves one caller; a second, concurrent one runs alone and is still right."""
+    want = run_layer("reference", LSTM, {}, 8, 16, 8, 64, num_layers=1)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(run_layer("native", LSTM, {}, 8, 16, 8, 64, num_layers=1))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 6
+    for got in results:
+        assert_close(got, want)
+
+
+def _forward_in_child(queue):
+    os.environ["RNNKIT_NUM_THREADS"] = "2"
+    y = run_layer("native", GRU, {}, 4, 6, 3, 40, num_layers=1)[0]
+    queue.put(float(np.abs(y).sum()))
+
+
+def test_a_forked_child_starts_its_own_pool():
+    """After fork the parent's workers do not exist in the child: it must not wait for them."""
+    run_layer("native", GRU, {}, 4, 6, 3, 40, num_layers=1, threads=2)  # the parent's pool has a worker
+    want = float(np.abs(run_layer("native", GRU, {}, 4, 6, 3, 40, num_layers=1)[0]).sum())
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forward_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in the native kernels")
+    assert child.exitcode == 0 and queue.get(timeout=5) == want
+
+
+# ---------------------------------------------------------------- loss and elementwise passes
+def test_softmax_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((3, 7, 1003)) * 4).astype(np.float32)
+    logits[0, 0, :] += 80.0  # large logits: log-sum-exp must not overflow
+    targets = rng.integers(0, 1003, size=(3, 7))
+    targets[1, 2] = -100
+    mask = np.ones((3, 7), dtype=bool)
+    mask[2, 5:] = False
+    out = {}
+    for name in ("native", "fused"):
+        with kernels.using(name):
+            layer = SoftmaxCrossEntropy(ignore_index=-100)
+            loss = layer.forward(logits, targets, mask=mask)
+            out[name] = (loss, layer.backward(0.5))
+    assert out["native"][0] == pytest.approx(out["fused"][0], rel=1e-6)
+    np.testing.assert_allclose(out["native"][1], out["fused"][1], rtol=1e-5, atol=1e-9)
+    assert not out["native"][1][2, 5:].any()  # masked rows get no gradient
+
+
+def test_elementwise_passes_round_exactly_as_numpy():
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(300_001).astype(np.float32)
+    g = rng.standard_normal(300_001).astype(np.float32)
+    want = p.copy()
+    want -= 0.37 * g
+    got = p.copy()
+    native.sub_scaled(got, 0.37, g)
+    np.testing.assert_array_equal(got, want)
+    native.scale(got, 0.61)
+    want *= 0.61
+    np.testing.assert_array_equal(got, want)
+    y = rng.standard_normal((700, 1001)).astype(np.float32)
+    b = rng.standard_normal(1001).astype(np.float32)
+    want = y + b
+    native.add_rows(y, b)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_sum_of_squares_is_the_float64_sum_for_any_thread_count():
+    x = np.random.default_rng(3).standard_normal(1_000_003).astype(np.float32)
+    exact = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    sums = []
+    for threads in ("1", "2", "5"):
+        os.environ["RNNKIT_NUM_THREADS"] = threads
+        try:
+            sums.append(native.sum_squares(x))
+        finally:
+            os.environ.pop("RNNKIT_NUM_THREADS")
+    assert sums[0] == pytest.approx(exact, rel=1e-12)
+    assert sums[0] == sums[1] == sums[2]
+
+
+def test_elementwise_passes_refuse_wrong_arrays():
+    with pytest.raises(ValueError, match="expected C-contiguous float32"):
+        native.scale(np.zeros(10), 2.0)
+    with pytest.raises(ValueError, match=r"x has shape \(3,\); expected \(4,\)"):
+        native.sub_scaled(np.zeros(4, np.float32), 1.0, np.zeros(3, np.float32))
+
+
+# ---------------------------------------------------------------- threads and switches
+def test_openblas_threads_do_not_spin_after_a_gemm():
+    """With the pool handed to OpenBLAS, nothing spins for long after a GEMM (OpenBLAS's own
+    workers spin ~0.1 s, taking a core from whatever runs next)."""
+    code = (
+        "import time, numpy as np\n"
+        "from threadpoolctl import threadpool_limits\n"
+        "from rnnkit.kernels import native\n"
+        "native.num_threads()\n"  # hands OpenBLAS the pool
+        "a = np.ones((700, 100), np.float32); w = np.ones((100, 10000), np.float32)\n"
+        "with threadpool_limits(2, user_api='blas'):\n"
+        "    c = a @ w; assert float(c[0, 0]) == 100.0\n"
+        "    c0 = time.process_time(); time.sleep(0.3); print(time.process_time() - c0)\n"
+    )
+    pytest.importorskip("threadpoolctl")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 0.03  # the pool spins 0.1 ms before it sleeps
+
+
+def test_rnnkit_native_0_switches_the_kernels_off():
+    code = "from rnnkit import kernels; print(kernels.native.available(), kernels.selected())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RNNKIT_NATIVE": "0"})
+    assert out.stdout.split() == ["False", "fused"], out.stderr
+
+
+def test_force_isa_refuses_what_the_cpu_lacks():
+    with pytest.raises(ValueError, match="isa 'sse9'"):
+        native.force_isa("sse9")
+
+
+def test_single_steps_and_float64_keep_numpy():
+    """Where the native loop would not pay (T = 1) or cannot serve (float64), NumPy runs."""
+    from rnnkit.layers import unroll
+
+    assert unroll._native_mode("lstm", "tanh", np, np.float32, 1) is None
+    assert unroll._native_mode("lstm", "tanh", np, np.float64, 50) is None
+    with kernels.using("native"):
+        assert unroll._native_mode("gru", "tanh", np, np.float32, 2) == native.MODES["gru"]
+    with kernels.using("fused"):
+        assert unroll._native_mode("gru", "tanh", np, np.float32, 50) is None
+
+
+def test_time_is_spent_in_the_native_loop():
+    """Not a speed target, a wiring check: the native loop really runs (the NumPy loop's
+    per-step matmul is never called) when the kernels are selected."""
+    from rnnkit.layers import unroll
+
+    calls = []
+    real = unroll._forward_loop
+    unroll._forward_loop = lambda *a: calls.append(1) or real(*a)
+    try:
+        with kernels.using("native"):
+            LSTM(4, 8, dtype=np.float32).forward(np.ones((2, 5, 4), np.float32))
+        assert calls == []
+        with kernels.using("fused"):
+            LSTM(4, 8, dtype=np.float32).forward(np.ones((2, 5, 4), np.float32))
+        assert calls == [1]
+    finally:
+        unroll._forward_loop = real
