@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define RK_EXPORT __attribute__((visibility("default")))
@@ -205,20 +206,27 @@ static int run_parallel(rk_task_fn fn, void *arg, int nth) {
     return run_oneoff(fn, arg, nth);
 }
 
-/* A 64-byte aligned buffer of at least `bytes` for thread tid, kept for the next call. */
+/* A page-aligned buffer of at least `bytes` for thread tid, kept for the next call. Mapped
+ * directly, not malloc'ed: a worker thread's malloc arena is capped at 64 MiB, and the
+ * packed weights of a big layer exceed that. */
 static float *rk_scratch(rk_scratch_t *s, int tid, size_t bytes) {
     if (bytes == 0) bytes = 64;
     if (s->size[tid] < bytes) {
-        free(s->ptr[tid]);
-        size_t rounded = (bytes + 63) / 64 * 64;
-        s->ptr[tid] = aligned_alloc(64, rounded);
+        if (s->ptr[tid]) munmap(s->ptr[tid], s->size[tid]);
+        size_t rounded = (bytes + 4095) / 4096 * 4096;
+        void *p = mmap(NULL, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        s->ptr[tid] = p == MAP_FAILED ? NULL : p;
         s->size[tid] = s->ptr[tid] ? rounded : 0;
     }
     return (float *)s->ptr[tid];
 }
 
 static void free_scratch(rk_scratch_t *s) {
-    for (int i = 0; i < RK_MAX_THREADS; i++) { free(s->ptr[i]); s->ptr[i] = NULL; s->size[i] = 0; }
+    for (int i = 0; i < RK_MAX_THREADS; i++) {
+        if (s->ptr[i]) munmap(s->ptr[i], s->size[i]);
+        s->ptr[i] = NULL;
+        s->size[i] = 0;
+    }
 }
 
 /* Sense-reversing barrier for the nth threads of one task. A thread that waits long
