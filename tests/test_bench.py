@@ -1,0 +1,50 @@
+"""``rnnkit bench`` (benchmarks/bench_train.py): the harness itself, at its smallest setting.
+
+Not a speed test (speed targets live in benchmarks/RESULTS.md): these check that one run
+produces every figure for every framework, and that the harness waits for idle workers
+before it times one (spinning BLAS threads of an idle worker would steal a core).
+"""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rnnkit import bench
+
+
+def test_one_tiny_run_reports_every_figure(tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--configs", "S", "--cells", "rnn", "--frameworks", "rnnkit,reference", "--rounds", "2", "--steps", "1",
+            "--gen-tokens", "2", "--warmup", "1", "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "rnnkit.bench", *args], capture_output=True, text=True, timeout=600,
+                          cwd=bench.find_reference().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = {r["framework"]: r for r in result["rows"]}
+    assert set(rows) == {"rnnkit", "reference"}
+    for r in rows.values():
+        assert r["tokens_per_s"] > 0 and r["train"]["n"] == 2 and r["generate"]["n"] == 4
+        assert r["peak_rss_mib"] is None or r["peak_rss_mib"] > 0
+        assert np.isfinite(r["last_loss"])
+    # both time the same model: untrained, a V = 10000-way guess (their inits differ)
+    for r in rows.values():
+        assert r["first_losses"][0] == pytest.approx(np.log(10000), abs=0.05)
+    assert "| S | rnn | rnnkit |" in proc.stdout
+
+
+def test_settle_waits_for_a_busy_process_and_not_for_an_idle_one():
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        time.sleep(0.1)  # both started
+        waited = bench.settle([busy.pid, idle.pid], timeout=3.0)
+        assert 0.3 < waited < 2.5  # until the spinning one stopped
+        assert bench.settle([idle.pid], timeout=3.0) < 0.2
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()
