@@ -21,8 +21,8 @@ from rnnkit.kernels import native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
 
-CASES = [  # (B, T, D, H): H not a multiple of any vector width, B past a tile's rows, B = 1
-    (4, 9, 5, 7), (13, 6, 3, 40), (1, 5, 2, 17), (20, 12, 16, 100), (33, 4, 8, 33),
+CASES = [  # (B, T, D, H): H not a multiple of any vector width, B past a tile's rows, B = 1, H = 1
+    (4, 9, 5, 7), (13, 6, 3, 40), (1, 5, 2, 17), (20, 12, 16, 100), (33, 4, 8, 33), (3, 4, 2, 1), (5, 3, 4, 32),
 ]
 LAYERS = [(LSTM, {}), (GRU, {}), (RNN, {}), (RNN, {"nonlinearity": "relu"})]
 ISAS = ["avx512", "avx2"] if native.isa() == "avx512" else [native.isa()]
@@ -100,11 +100,12 @@ def test_saturated_inputs_match_the_reference(cls, kw):
 @pytest.mark.parametrize("cls,kw", LAYERS, ids=["lstm", "gru", "rnn", "rnn-relu"])
 def test_the_result_does_not_depend_on_the_thread_count(cls, kw):
     """Each unit's arithmetic is the same whichever thread owns it: bit-identical results."""
-    args = (cls, kw, 9, 7, 5, 70)
-    one = run_layer("native", *args, threads=1)
-    for threads in (2, 3):
-        for a, b in zip(run_layer("native", *args, threads=threads), one):
-            np.testing.assert_array_equal(a, b)
+    for B, T, D, H in ((9, 7, 5, 70), (4, 3, 2, 7)):  # H = 7: one chunk of units, idle threads
+        args = (cls, kw, B, T, D, H)
+        one = run_layer("native", *args, threads=1)
+        for threads in (2, 3, 5):
+            for a, b in zip(run_layer("native", *args, threads=threads), one):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_native_and_numpy_loops_share_one_cache():

@@ -86,6 +86,11 @@ def _blas_info(framework: str) -> dict:
                          for p in threadpoolctl.threadpool_info()]
     except ImportError:
         info["pools"] = "threadpoolctl not installed"
+    if framework == "rnnkit":
+        from . import kernels  # noqa: PLC0415
+
+        info["rnnkit_kernels"] = kernels.selected()
+        info["native"] = kernels.native.isa() if kernels.native.available() else kernels.native.why_unavailable()
     if framework == "torch":
         import torch  # noqa: PLC0415
 
@@ -325,6 +330,8 @@ class Worker:
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(args.threads)
+        if args.malloc_tuned_all:  # what rnnkit's native kernels ask of glibc, for every framework
+            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
         cmd = [sys.executable, "-m", "rnnkit.bench", "--worker", framework, "--config", config, "--cell", cell,
                "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup),
                "--timer", args.timer]
@@ -434,6 +441,7 @@ def environment(args) -> dict:
 
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
             "numpy": np.__version__, "threads": args.threads, "timer": args.timer, "nproc": os.cpu_count(),
+            "malloc_tuned_all": args.malloc_tuned_all,
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
             "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
     try:
@@ -488,6 +496,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                         help="wall clock (default), or the worker's CPU time: steadier on a shared machine, "
                              "exact with --threads 1 (with more threads it also counts BLAS threads' spinning)")
+    parser.add_argument("--malloc-tuned-all", action="store_true",
+                        help="give every framework's worker the glibc malloc settings rnnkit's native kernels set "
+                             "for themselves (keep freed memory, no mmap of big blocks), to see what they are worth "
+                             "to the others")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
@@ -530,6 +542,9 @@ def run(args) -> int:
             case = run_case(config, cell, frameworks, args, reference)
             rows += case
             print(format_table(case, gemm["numpy_gflops"]).split("\n", 2)[-1], flush=True)
+    kernel_info = next((r["blas"] for r in rows if r["framework"] == "rnnkit"), None)
+    if kernel_info:
+        print(f"rnnkit kernels: {kernel_info.get('rnnkit_kernels')} (native: {kernel_info.get('native')})")
     print("\n" + format_table(rows, gemm["numpy_gflops"]))
     if args.json:
         with open(args.json, "w") as fh:
