@@ -12,7 +12,7 @@ setup(
             "rnnkit.kernels._native",
             sources=["src/rnnkit/kernels/csrc/native.c"],
             depends=["src/rnnkit/kernels/csrc/cells_isa.h"],
-            extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fvisibility=hidden"],
+            extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fvisibility=hidden", "-fno-math-errno"],
             extra_link_args=["-pthread", "-lm"],
             optional=True,
         )

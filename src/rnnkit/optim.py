@@ -139,6 +139,10 @@ class Adam(Optimizer):
             p *= 1.0 - self.lr * self.weight_decay
         m = self._buffer(name, "exp_avg", p)
         v = self._buffer(name, "exp_avg_sq", p)
+        t = self.step_count
+        if kernels.native_for(p, g, m, v):  # the same roundings as below, one pass on every core
+            kernels.native.adam_step(p, g, m, v, b1, b2, self.eps, 1 - b2**t, self.lr / (1 - b1**t))
+            return
         m *= b1
         m += (1 - b1) * g
         v *= b2

@@ -84,6 +84,8 @@ def _load():
     lib.rk_add_rows.restype = i
     lib.rk_sum_squares.argtypes = [vp, l, i]
     lib.rk_sum_squares.restype = d
+    lib.rk_adam.argtypes = [vp, vp, vp, vp, l, vp, i]
+    lib.rk_adam.restype = i
     lib.rk_softmax_forward.argtypes = [vp, l, l, vp, vp, vp, vp, i]
     lib.rk_softmax_forward.restype = i
     lib.rk_softmax_backward.argtypes = [vp, l, l, vp, vp, vp, i]
@@ -283,6 +285,19 @@ def add_rows(y, b) -> None:
     if b.shape != (V,):
         raise ValueError(f"b has shape {b.shape}; expected ({V},)")
     _raise(_load().rk_add_rows(_ptr(y), _ptr(b), N, V, num_threads()), "add_rows")
+
+
+def adam_step(p, g, m, v, b1: float, b2: float, eps: float, bias_correction2: float, step: float) -> None:
+    """One Adam update in place, rounded exactly as ``optim.Adam``'s NumPy lines:
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``p -= step * m / (sqrt(v / bc2) + eps)``
+    (every constant rounded to float32 first, as NumPy does with a Python float)."""
+    n = _flat(p, "p")
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _flat(a, name)
+        if a.shape != p.shape:
+            raise ValueError(f"{name} has shape {a.shape}; expected {p.shape}")
+    k = np.array([b1, 1 - b1, b2, 1 - b2, bias_correction2, eps, step], dtype=np.float32)
+    _raise(_load().rk_adam(_ptr(p), _ptr(g), _ptr(m), _ptr(v), n, _ptr(k), num_threads()), "adam")
 
 
 def sum_squares(x) -> float:

@@ -175,29 +175,27 @@ static void *oneoff_main(void *p) {
     return NULL;
 }
 static int run_oneoff(rk_task_fn fn, void *arg, int nth) {
-    pthread_t th[RK_MAX_THREADS];
-    oneoff_t jobs[RK_MAX_THREADS];
-    int started = 1;
-    for (int i = 1; i < nth; i++) {
+    pthread_t *th = (pthread_t *)malloc((size_t)nth * sizeof(pthread_t));
+    oneoff_t *jobs = (oneoff_t *)malloc((size_t)nth * sizeof(oneoff_t));
+    int started = 1, ok = th && jobs;
+    for (int i = 1; ok && i < nth; i++) {
         jobs[i] = (oneoff_t){fn, arg, i, nth};
         if (pthread_create(&th[i], NULL, oneoff_main, &jobs[i]) != 0) break;
         started++;
     }
-    if (started < nth) { /* could not start them all: nobody may wait for a missing one */
-        for (int i = 1; i < started; i++) pthread_join(th[i], NULL);
-        return 0;
-    }
-    fn(arg, 0, nth);
-    for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
-    return 1;
+    if (ok && started == nth) fn(arg, 0, nth);
+    for (int i = 1; i < started; i++) pthread_join(th[i], NULL); /* a missing one would never arrive */
+    ok = ok && started == nth;
+    free(th);
+    free(jobs);
+    return ok;
 }
 
 /* Run a task on nth threads at once: the pool's when it is free, else one-off threads.
  * Returns 0 only when the threads could not be had. */
 static int run_parallel(rk_task_fn fn, void *arg, int nth) {
-    if (nth > RK_MAX_THREADS) nth = RK_MAX_THREADS;
     if (nth <= 1) { fn(arg, 0, 1); return 1; }
-    if (pool_acquire()) {
+    if (nth <= RK_MAX_THREADS && pool_acquire()) {
         int ok = ensure_workers(nth);
         if (ok) pool_run(fn, arg, nth);
         pool_release();
@@ -265,7 +263,7 @@ RK_EXPORT void rk_openblas_callback(int sync, ob_dojob dojob, int numjobs, size_
     (void)sync;
     ob_job_t job = {dojob, (char *)jobdata, elsize, dispatch_type};
     if (numjobs <= 1) { dojob(0, jobdata, dispatch_type); return; }
-    if (numjobs > RK_MAX_THREADS || !run_parallel(ob_task, &job, numjobs)) {
+    if (!run_parallel(ob_task, &job, numjobs)) {
         /* cannot happen unless thread creation fails; OpenBLAS's jobs cannot run one by one */
         abort();
     }
@@ -433,7 +431,7 @@ RK_EXPORT int rk_softmax_forward(const float *z, long N, long V, const long *tar
     int level = rk_isa();
     if (level == 0) return -2;
     rk_softmax_args a = {z, N, V, targets, probs, sumexp, row_loss, NULL, NULL, level};
-    return run_parallel(softmax_task, &a, N < 64 ? 1 : nth) ? 0 : -1;
+    return run_parallel(softmax_task, &a, N < 64 ? 1 : nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth) ? 0 : -1;
 }
 
 /* probs[r] *= row_scale[r]; probs[r, target[r]] -= target_scale[r]. */
@@ -442,7 +440,7 @@ RK_EXPORT int rk_softmax_backward(float *probs, long N, long V, const long *targ
     int level = rk_isa();
     if (level == 0) return -2;
     rk_softmax_args a = {NULL, N, V, targets, probs, NULL, NULL, row_scale, target_scale, level};
-    return run_parallel(softmax_grad_task, &a, N < 64 ? 1 : nth) ? 0 : -1;
+    return run_parallel(softmax_grad_task, &a, N < 64 ? 1 : nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth) ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------------- elementwise
@@ -456,9 +454,11 @@ typedef struct {
     long n, V;
     double *chunk_sums;
     int op;
+    float *m, *v; /* Adam's moments */
+    float k[7];   /* Adam's float32 constants: b1, 1-b1, b2, 1-b2, 1-b2^t, eps, lr/(1-b1^t) */
 } rk_elem_args;
 
-enum { RK_SUBMUL = 0, RK_SCALE = 1, RK_ADDROW = 2, RK_SUMSQ = 3 };
+enum { RK_SUBMUL = 0, RK_SCALE = 1, RK_ADDROW = 2, RK_SUMSQ = 3, RK_ADAM = 4 };
 #define RK_CHUNK 65536L
 
 __attribute__((optimize("fp-contract=off"))) /* y - a*x rounded twice, as NumPy does */
@@ -485,6 +485,26 @@ static void elem_task(void *argp, int tid, int nth) {
                 for (long j = 0; j < e->V; j++) row[j] = row[j] + x[j];
             }
             break;
+        case RK_ADAM: { /* y = p, x = g; NumPy's order of operations and roundings, step by step */
+            float *restrict m = e->m, *restrict v = e->v;
+            const float b1 = e->k[0], c1 = e->k[1], b2 = e->k[2], c2 = e->k[3], bc2 = e->k[4];
+            const float eps = e->k[5], step = e->k[6];
+            for (long i = i0; i < i1; i++) {
+                float gi = x[i];
+                float mi = m[i] * b1;
+                mi = mi + c1 * gi;
+                float vi = v[i] * b2;
+                float gg = gi * gi;
+                vi = vi + c2 * gg;
+                float denom = sqrtf(vi / bc2);
+                denom = denom + eps;
+                float r = mi / denom;
+                y[i] = y[i] - step * r;
+                m[i] = mi;
+                v[i] = vi;
+            }
+            break;
+        }
         case RK_SUMSQ: {
             double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
             long i = i0;
@@ -503,24 +523,32 @@ static void elem_task(void *argp, int tid, int nth) {
 static int run_elem(rk_elem_args *e, int nth) {
     const long work = e->op == RK_ADDROW ? e->n * e->V : e->n;
     if (work < 4 * RK_CHUNK) nth = 1; /* too little to share */
+    if (nth > RK_MAX_THREADS) nth = RK_MAX_THREADS;
     return run_parallel(elem_task, e, nth) ? 0 : -1;
 }
 
 /* y -= a * x (n elements) */
 RK_EXPORT int rk_sub_scaled(float *y, float a, const float *x, long n, int nth) {
-    rk_elem_args e = {y, x, a, n, 0, NULL, RK_SUBMUL};
+    rk_elem_args e = {y, x, a, n, 0, NULL, RK_SUBMUL, NULL, NULL, {0}};
     return run_elem(&e, nth);
 }
 
 /* y *= a */
 RK_EXPORT int rk_scale(float *y, float a, long n, int nth) {
-    rk_elem_args e = {y, NULL, a, n, 0, NULL, RK_SCALE};
+    rk_elem_args e = {y, NULL, a, n, 0, NULL, RK_SCALE, NULL, NULL, {0}};
     return run_elem(&e, nth);
 }
 
 /* y (N, V) += b (V,) on every row; rows are the unit of work (n counts rows) */
 RK_EXPORT int rk_add_rows(float *y, const float *b, long N, long V, int nth) {
-    rk_elem_args e = {y, b, 0.0f, N, V, NULL, RK_ADDROW};
+    rk_elem_args e = {y, b, 0.0f, N, V, NULL, RK_ADDROW, NULL, NULL, {0}};
+    return run_elem(&e, nth);
+}
+
+/* One Adam step over n elements: m, v updated, p -= step * m / (sqrt(v / bc2) + eps);
+ * k = {b1, 1-b1, b2, 1-b2, bc2 = 1-b2^t, eps, step = lr / (1-b1^t)}, each rounded to float32. */
+RK_EXPORT int rk_adam(float *p, const float *g, float *m, float *v, long n, const float *k, int nth) {
+    rk_elem_args e = {p, g, 0.0f, n, 0, NULL, RK_ADAM, m, v, {k[0], k[1], k[2], k[3], k[4], k[5], k[6]}};
     return run_elem(&e, nth);
 }
 
@@ -529,7 +557,7 @@ RK_EXPORT double rk_sum_squares(const float *x, long n, int nth) {
     const long nchunks = (n + RK_CHUNK - 1) / RK_CHUNK;
     double *sums = (double *)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(double));
     if (!sums) return -1.0;
-    rk_elem_args e = {(float *)x, NULL, 0.0f, n, 0, sums, RK_SUMSQ};
+    rk_elem_args e = {(float *)x, NULL, 0.0f, n, 0, sums, RK_SUMSQ, NULL, NULL, {0}};
     double total = 0.0;
     if (run_elem(&e, nth) == 0)
         for (long c = 0; c < nchunks; c++) total += sums[c];
