@@ -60,17 +60,25 @@ def native_active() -> bool:
     return _selected == "native"
 
 
-def native_for(*arrays) -> bool:
+NATIVE_MIN_SIZE = 1 << 15  # below this many elements a ctypes call costs more than the pass
+
+
+def native_for(*arrays, min_size: int = NATIVE_MIN_SIZE) -> bool:
     """True when the native kernels are selected and take these arrays: NumPy, float32,
-    C-contiguous (None entries are skipped). The layers and optimizers ask this before
-    each native call and otherwise run their NumPy code."""
+    C-contiguous (None entries are skipped), the first at least ``min_size`` elements
+    (smaller passes stay in NumPy: calling C costs more than it saves). The layers and
+    optimizers ask this before each native call and otherwise run their NumPy code."""
     if _selected != "native":
         return False
+    first = True
     for a in arrays:
         if a is None:
             continue
         if type(a) is not _np.ndarray or a.dtype != _np.float32 or not a.flags.c_contiguous:
             return False
+        if first and a.size < min_size:
+            return False
+        first = False
     return True
 
 

@@ -37,6 +37,7 @@ import numpy as np
 MODES = {("rnn", "tanh"): 0, ("rnn", "relu"): 1, "lstm": 2, "gru": 3}
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
 
+SPIN_US = 500  # how long an idle worker of the pool spins before it sleeps, microseconds
 _lib = None
 _load_error: str | None = None
 _blas_threads = None  # ctypes function: OpenBLAS's current thread count
@@ -93,6 +94,7 @@ def _load():
     if lib.rk_isa() == 0:
         _load_error = "this CPU has neither AVX-512 nor AVX2 + FMA"
         return None
+    lib.rk_set_spin_us(int(os.environ.get("RNNKIT_SPIN_US", SPIN_US)))
     _lib = lib
     return lib
 
@@ -170,6 +172,8 @@ def _setup_threads() -> None:
     if _hooked:
         return
     _hooked = True
+    if _load() is None:  # nothing of ours will run: leave malloc and OpenBLAS as they are
+        return
     _tune_malloc()
     blas = _find_openblas()
     if blas is None:
