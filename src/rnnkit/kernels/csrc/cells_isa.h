@@ -510,3 +510,8 @@ static void ISA(softmax_grad_rows)(float *probs, long V, const long *targets, co
 #undef LDN
 #undef STN
 #undef BC
+#undef VW
+#undef MR2
+#undef MR3
+#undef MR4
+#undef ISA

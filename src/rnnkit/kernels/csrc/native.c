@@ -300,12 +300,7 @@ typedef struct {
 #define MR3 8
 #define MR4 6
 #define ISA(x) x##_avx512
-#include "cells_isa.h"
-#undef VW
-#undef MR2
-#undef MR3
-#undef MR4
-#undef ISA
+#include "cells_isa.h" /* undefines VW, MR2-4 and ISA at its end */
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -315,12 +310,7 @@ typedef struct {
 #define MR3 3
 #define MR4 2
 #define ISA(x) x##_avx2
-#include "cells_isa.h"
-#undef VW
-#undef MR2
-#undef MR3
-#undef MR4
-#undef ISA
+#include "cells_isa.h" /* undefines VW, MR2-4 and ISA at its end */
 #pragma GCC pop_options
 
 /* 2: AVX-512, 1: AVX2 + FMA, 0: neither (the Python side then keeps NumPy) */
