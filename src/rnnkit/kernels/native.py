@@ -4,7 +4,9 @@ What they do that NumPy cannot: run a recurrent layer's whole time loop in one c
 with ``W_hh`` packed once per sequence instead of once per step (OpenBLAS packs it again
 at every ``h @ W_hh.T``), each of the threads computing every gate of its own hidden
 units, and the pointwise cell math fused into the GEMM tile that produced it. The
-softmax cross-entropy's two passes over the (N, V) logits run here too, on every core.
+memory-bound passes NumPy runs on one core run here on all of them: softmax
+cross-entropy over the (N, V) logits, the clip norm's float64 sum of squares, the SGD and
+Adam updates, a bias add (the elementwise ones rounded exactly as NumPy rounds them).
 
 The library is optional. It is built with the package when a C compiler is there
 (``pip install -e .``); :func:`available` is False when it was not built, when the CPU
@@ -17,7 +19,8 @@ or ``RNNKIT_NUM_THREADS``. The first use hands OpenBLAS this library's thread po
 through ``openblas_set_threads_callback_function`` (OpenBLAS >= 0.3.27), so that a
 GEMM's threads and the time loop's are the same threads: OpenBLAS's own workers spin for
 about 0.1 s after each call (measured), and two pools spinning on two cores would take
-turns on them. ``RNNKIT_OPENBLAS_HOOK=0`` leaves OpenBLAS alone.
+turns on them. ``RNNKIT_OPENBLAS_HOOK=0`` leaves OpenBLAS alone. An idle worker of the pool
+spins ``RNNKIT_SPIN_US`` (500) microseconds before it sleeps.
 
 Memory: the first use also asks glibc's malloc (``mallopt``) to keep freed memory for
 reuse instead of unmapping every big block: a training step frees and allocates the same
@@ -42,7 +45,6 @@ _lib = None
 _load_error: str | None = None
 _blas_threads = None  # ctypes function: OpenBLAS's current thread count
 _hooked = False
-_c_float_p = ctypes.POINTER(ctypes.c_float)
 
 
 def _library_path() -> str | None:
@@ -71,7 +73,6 @@ def _load():
     lib.rk_force_isa.argtypes = [i]
     lib.rk_force_isa.restype = i
     lib.rk_set_spin_us.argtypes = [i]
-    lib.rk_pool_threads.restype = i
     f, d = ctypes.c_float, ctypes.c_double
     lib.rk_cell_forward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, i]
     lib.rk_cell_forward.restype = i

@@ -557,7 +557,6 @@ RK_EXPORT double rk_sum_squares(const float *x, long n, int nth) {
     return total;
 }
 
-RK_EXPORT int rk_pool_threads(void) { return pool.workers + 1; }
 
 /* ====================================================================== module stub */
 static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native",
