@@ -22,7 +22,7 @@ def _sum_of_squares(g) -> float:
     float64 gradients go to one dot product; narrower ones are cast chunk by chunk into a
     small float64 buffer (the float32 dot product alone would lose digits on big tensors).
     """
-    if kernels.native_for(g):  # the same float64 sum on every core
+    if kernels.native_for(g):  # float64 sums of fixed chunks, on every core (same for any thread count)
         return kernels.native.sum_squares(g)
     xp = backend.get_array_module(g)
     flat = g.reshape(-1)
