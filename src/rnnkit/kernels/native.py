@@ -213,7 +213,7 @@ def _check(arrays) -> None:
 
 def _raise(rc: int, what: str) -> None:
     if rc == -1:
-        raise MemoryError(f"native {what}: out of memory for the packed weights")
+        raise MemoryError(f"native {what}: out of memory (for the packed weights, or to start its threads)")
     if rc != 0:
         raise RuntimeError(f"native {what} failed (code {rc}): {_load_error or 'unsupported CPU'}")
 
@@ -263,8 +263,7 @@ def cell_backward(mode: int, gates, W_hh, Hs, Cs, aux, dy, dh, dc, mask, bias_gr
 
 # ---------------------------------------------------------------------- elementwise
 def _flat(a, name):
-    if a.dtype != np.float32 or not a.flags.c_contiguous:
-        raise ValueError(f"{name}: dtype {a.dtype}, contiguous={a.flags.c_contiguous}; expected C-contiguous float32")
+    _check({name: a})
     return a.size
 
 
