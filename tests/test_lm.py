@@ -199,6 +199,22 @@ def test_initialisations():
     assert not normal["rnn.bias_ih_l0"].any() and not normal["decoder.bias"].any()
 
 
+@pytest.mark.parametrize("law", ["uniform", "normal"])
+def test_blockwise_initialisation_draws_exactly_the_one_shot_values(law):
+    """init_uniform/init_normal draw in blocks (no float64 copy of a big matrix) but give the
+    values of one float64 draw cast to the dtype, so seeded models did not change."""
+    from rnnkit.layers.recurrent import _INIT_BLOCK, init_normal, init_uniform
+    shape = (3, _INIT_BLOCK // 2 + 7)  # three blocks, the last one short
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    if law == "uniform":
+        got, want = init_uniform(a, shape, 0.3, np.float32), b.uniform(-0.3, 0.3, size=shape)
+    else:
+        got, want = init_normal(a, shape, 0.02, np.float32), b.standard_normal(shape) * 0.02
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    assert a.random() == b.random()  # the streams stay in step afterwards
+
+
 def test_task_rejects_a_model_with_another_vocabulary():
     cfg, task = char_task(chars=2_000)
     other = LanguageModel(LanguageModelConfig(vocab_size=3), vocab=Vocab(["<unk>", "a", "b"]).to_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ._checks import check_int_input
 from .base import Layer
+from .recurrent import init_normal
 
 
 class Embedding(Layer):
@@ -27,7 +28,7 @@ class Embedding(Layer):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         dtype = dtype or backend.get_default_dtype()
         rng = rng if rng is not None else backend.default_rng(seed)
-        weight = (rng.standard_normal((num_embeddings, embedding_dim)) * init_std).astype(dtype)
+        weight = init_normal(rng, (num_embeddings, embedding_dim), init_std, dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         self.add_param("weight", backend.xp_for().asarray(weight))

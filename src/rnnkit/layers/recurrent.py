@@ -32,9 +32,31 @@ from .base import Layer
 from .unroll import GATES, unroll_backward, unroll_forward
 
 
+_INIT_BLOCK = 1 << 18  # values drawn per call: the float64 draws never take more than 2 MiB
+
+
+def _draw(shape, dtype, draw):
+    """``draw(n)`` (float64 values of the generator) block by block into a ``dtype`` array.
+
+    The generator's stream is consumed in order, so the values are exactly those of one
+    ``draw(size)`` call cast to ``dtype``, without its float64 temporary (52 MiB for a
+    10000 x 650 output layer, left behind in the heap after the model is built)."""
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _INIT_BLOCK):
+        stop = min(start + _INIT_BLOCK, flat.size)
+        flat[start:stop] = draw(stop - start)
+    return out
+
+
 def init_uniform(rng, shape, bound, dtype):
     """U(-bound, bound), PyTorch's default for recurrent and linear weights."""
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return _draw(shape, dtype, lambda n: rng.uniform(-bound, bound, size=n))
+
+
+def init_normal(rng, shape, std, dtype):
+    """N(0, std^2), as ``(rng.standard_normal(shape) * std).astype(dtype)``."""
+    return _draw(shape, dtype, lambda n: rng.standard_normal(n) * std)
 
 
 class _Recurrent(Layer):

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import backend
 from ..layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from ..layers.recurrent import init_normal, init_uniform
 from .base import Model
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -113,17 +114,20 @@ class LanguageModel(Model):
         """Language-model initialisations (see ``LanguageModelConfig.init``); the layers' own are PyTorch's."""
         c, xp = self.config, self.xp
         encoder, decoder = self.encoder.params, self.decoder.params
+        # drawn block by block in the weights' dtype (init_uniform/init_normal): the values of
+        # one float64 draw, without a float64 copy of a (V, E) matrix at build time
         if c.init == "uniform" and c.init_range:
             r = c.init_range
-            encoder["weight"][...] = xp.asarray(rng.uniform(-r, r, encoder["weight"].shape))
-            decoder["weight"][...] = xp.asarray(rng.uniform(-r, r, decoder["weight"].shape))
+            for value in (encoder["weight"], decoder["weight"]):
+                value[...] = xp.asarray(init_uniform(rng, value.shape, r, value.dtype))
             decoder["bias"][...] = 0
         elif c.init == "normal":
-            encoder["weight"][...] = xp.asarray(rng.normal(0.0, 0.01, encoder["weight"].shape))
+            weight = encoder["weight"]
+            weight[...] = xp.asarray(init_normal(rng, weight.shape, 0.01, weight.dtype))
             for layer, name in [(self.rnn, n) for n in self.rnn.params] + [(self.decoder, "weight"), (self.decoder, "bias")]:
                 value = layer.params[name]
                 fan_in = value.shape[1] if value.ndim == 2 else 0
-                value[...] = xp.asarray(rng.normal(0.0, fan_in ** -0.5, value.shape)) if fan_in else 0
+                value[...] = xp.asarray(init_normal(rng, value.shape, fan_in ** -0.5, value.dtype)) if fan_in else 0
 
     def _tie(self) -> None:
         """Point the decoder's weight (and its gradient) at the embedding's: one array, two uses."""
