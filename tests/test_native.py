@@ -334,3 +334,52 @@ def test_adam_step_rounds_exactly_as_numpy(weight_decay, cls):
     assert set(s_native) == set(s_numpy)
     for k in s_native:
         np.testing.assert_array_equal(s_native[k], s_numpy[k])
+
+
+def test_softmax_forward_in_place_equals_out_of_place():
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((50, 997)) * 5).astype(np.float32)
+    targets = rng.integers(0, 997, size=50)
+    probs, sumexp, row_loss = native.softmax_forward(z, targets)
+    inplace = z.copy()
+    _, sumexp2, row_loss2 = native.softmax_forward(inplace, targets, out=inplace)
+    np.testing.assert_array_equal(inplace, probs)  # the target logit was read before it was overwritten
+    np.testing.assert_array_equal(sumexp2, sumexp)
+    np.testing.assert_array_equal(row_loss2, row_loss)
+    with pytest.raises(ValueError, match="out has shape"):
+        native.softmax_forward(z, targets, out=np.empty((50, 996), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_accumulate_adds_the_product_for_every_layout(dtype, ta, tb):
+    rng = np.random.default_rng(8)
+    M, K, N = 37, 19, 53
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    out = rng.standard_normal((M, N)).astype(dtype)
+    want = out.astype(np.float64) + 0.5 * (a.astype(np.float64) @ b.astype(np.float64))
+    if native._blas_gemm(dtype) is None:
+        pytest.skip("NumPy's BLAS exports no CBLAS gemm here")
+    assert native.gemm_accumulate(out, a, b, alpha=0.5)
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    rows = rng.standard_normal((2 * M, K)).astype(dtype)[::2]  # every other row: a leading dimension of 2K
+    before = out.copy()
+    assert native.gemm_accumulate(out, rows, b)
+    np.testing.assert_allclose(out, before + rows @ b, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    columns = rng.standard_normal((M, 2 * K)).astype(dtype)[:, ::2]  # strided columns: no BLAS layout
+    assert not native.gemm_accumulate(out, columns, b)
+
+
+def test_gemm_accumulate_refuses_what_it_cannot_do_and_changes_nothing():
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 5), np.float32)
+    out = np.zeros((4, 5), np.float32)
+    assert not native.gemm_accumulate(out, a.astype(np.float64), b)  # mixed dtypes
+    assert not native.gemm_accumulate(np.zeros((5, 4), np.float32).T, a, b)  # out not C-contiguous
+    big = np.zeros((4, 5), np.float32)
+    assert not native.gemm_accumulate(big, big[:, :3], b)  # out aliases an operand
+    assert not out.any()
+    with pytest.raises(ValueError, match=r"out \(4, 5\) \+= a \(4, 3\) @ b \(4, 5\)"):
+        native.gemm_accumulate(out, a, np.ones((4, 5), np.float32))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from rnnkit.layers import (GRU, LSTM, RNN, Embedding, GRUCell, Linear, LSTMCell, MSELoss, RNNCell,
-                           SoftmaxCrossEntropy)
+                           SoftmaxCrossEntropy, linear_cross_entropy)
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "torch"
 GENERATOR_PATH = Path(__file__).resolve().parent / "fixtures" / "make_torch_fixtures.py"
@@ -105,6 +105,13 @@ def run_rnnkit(meta: dict, a: dict, variable_length: str = "lengths") -> dict:
         got["loss"] = np.asarray(layer.forward(a["logits"], a["targets"]))
         got["grad.logits"] = layer.backward(float(a["dloss"]))
         assert layer.count == int((a["targets"] != cfg["ignore_index"]).sum())
+    elif kind == "linear_cross_entropy":
+        layer = Linear(cfg["in_features"], cfg["V"], dtype=dtype)
+        layer.load_state_dict(params)
+        result = linear_cross_entropy(layer, a["x"], a["targets"], ignore_index=cfg["ignore_index"],
+                                      dloss=float(a["dloss"]), chunk_bytes=cfg["block_rows"] * cfg["V"] * dtype.itemsize)
+        got["loss"], got["grad.x"] = np.asarray(result.loss), result.dx
+        assert result.count == int((a["targets"] != cfg["ignore_index"]).sum())
     elif kind == "mse":
         layer = MSELoss()
         got["loss"] = np.asarray(layer.forward(a["pred"], a["target"]))

@@ -105,7 +105,7 @@ def _build_rnnkit(cell, V, D, H, L, seed):
     import numpy as np  # noqa: PLC0415
 
     from . import optim  # noqa: PLC0415
-    from .layers import GRU, LSTM, RNN, Embedding, Layer, Linear, SoftmaxCrossEntropy  # noqa: PLC0415
+    from .layers import GRU, LSTM, RNN, Embedding, Layer, Linear, linear_cross_entropy  # noqa: PLC0415
 
     rnn_class = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cell]
 
@@ -116,15 +116,13 @@ def _build_rnnkit(cell, V, D, H, L, seed):
             self.embed = Embedding(V, D, rng=rng, init_std=0.01)
             self.rnn = rnn_class(D, H, num_layers=L, stateful=stateful, rng=rng)
             self.out = Linear(H, V, rng=rng)
-            self.loss_layer = SoftmaxCrossEntropy()
 
-        def loss(self, ids, targets):
+        def loss_and_backward(self, ids, targets):
+            # as LanguageModel.loss_and_backward: the output layer and its loss fused, block by block
             y, _ = self.rnn.forward(self.embed.forward(ids))
-            return self.loss_layer.forward(self.out.forward(y), targets)
-
-        def backward(self):
-            d = self.out.backward(self.loss_layer.backward())
-            self.embed.backward(self.rnn.backward(d))
+            loss, _, dy = linear_cross_entropy(self.out, y, targets)
+            self.embed.backward(self.rnn.backward(dy))
+            return loss
 
     def make_train(ids, targets):
         model = LM(stateful=True)
@@ -132,8 +130,7 @@ def _build_rnnkit(cell, V, D, H, L, seed):
 
         def step():
             opt.zero_grad()
-            loss = model.loss(ids, targets)
-            model.backward()
+            loss = model.loss_and_backward(ids, targets)
             optim.clip_grad_norm(model, CLIP)
             opt.step()
             return loss

@@ -7,6 +7,8 @@ units, and the pointwise cell math fused into the GEMM tile that produced it. Th
 memory-bound passes NumPy runs on one core run here on all of them: softmax
 cross-entropy over the (N, V) logits, the clip norm's float64 sum of squares, the SGD and
 Adam updates, a bias add (the elementwise ones rounded exactly as NumPy rounds them).
+:func:`gemm_accumulate` is not this library's code: it calls NumPy's own OpenBLAS
+``cblas_sgemm`` with beta = 1, for weight gradients that accumulate without a temporary.
 
 The library is optional. It is built with the package when a C compiler is there
 (``pip install -e .``); :func:`available` is False when it was not built, when the CPU
@@ -312,11 +314,20 @@ def sum_squares(x) -> float:
     return float(total)
 
 
-def softmax_forward(z, targets):
-    """Rows of z (N, V) float32: (exp(z - rowmax), sumexp (N,), -log softmax(z)[target] (N,) float64)."""
+def softmax_forward(z, targets, out=None):
+    """Rows of z (N, V) float32: (exp(z - rowmax), sumexp (N,), -log softmax(z)[target] (N,) float64).
+
+    ``out`` (N, V) float32 receives the exponentials; it may be ``z`` itself (in place).
+    """
     lib = _load()
     N, V = z.shape
-    probs = np.empty_like(z)
+    if out is None:
+        probs = np.empty_like(z)
+    else:
+        _check({"out": out})
+        if out.shape != z.shape:
+            raise ValueError(f"out has shape {out.shape}; expected {z.shape}")
+        probs = out
     sumexp = np.empty(N, dtype=np.float32)
     row_loss = np.empty(N, dtype=np.float64)
     t = np.ascontiguousarray(targets, dtype=np.int64)
@@ -334,3 +345,70 @@ def softmax_backward(probs, targets, row_scale, target_scale) -> None:
     ts = np.ascontiguousarray(target_scale, dtype=np.float32)
     rc = lib.rk_softmax_backward(_ptr(probs), N, V, _ptr(t), _ptr(rs), _ptr(ts), num_threads())
     _raise(rc, "softmax backward")
+
+
+# ---------------------------------------------------------------------- BLAS
+_gemm = {}  # dtype -> (ctypes function, C integer type), or None where NumPy's BLAS has none
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _blas_gemm(dtype):
+    """``cblas_sgemm``/``cblas_dgemm`` of NumPy's own OpenBLAS (found in this process), or None."""
+    key = np.dtype(dtype).char
+    if key not in _gemm:
+        _gemm[key] = None
+        blas = _find_openblas() if key in "fd" else None
+        stem = "cblas_sgemm" if key == "f" else "cblas_dgemm"
+        for name, int_t in ((f"scipy_{stem}64_", ctypes.c_int64), (f"{stem}64_", ctypes.c_int64),
+                            (stem, ctypes.c_int), (f"scipy_{stem}", ctypes.c_int)):
+            fn = getattr(blas, name, None) if blas is not None else None
+            if fn is not None:
+                real = ctypes.c_float if key == "f" else ctypes.c_double
+                vp, e = ctypes.c_void_p, ctypes.c_int
+                fn.argtypes = [e, e, e, int_t, int_t, int_t, real, vp, int_t, vp, int_t, real, vp, int_t]
+                fn.restype = None
+                _gemm[key] = (fn, int_t)
+                break
+    return _gemm[key]
+
+
+def _operand(a):
+    """(transpose flag, leading dimension) of a 2-D operand for a row-major GEMM, or None."""
+    if a.strides[1] == a.itemsize and a.strides[0] >= a.itemsize * max(1, a.shape[1]) and a.strides[0] % a.itemsize == 0:
+        return _NO_TRANS, a.strides[0] // a.itemsize
+    if a.strides[0] == a.itemsize and a.strides[1] >= a.itemsize * max(1, a.shape[0]) and a.strides[1] % a.itemsize == 0:
+        return _TRANS, a.strides[1] // a.itemsize
+    if a.flags.c_contiguous:  # a single row or column: any stride on its length-1 axis
+        return _NO_TRANS, max(1, a.shape[1])
+    return None
+
+
+def gemm_accumulate(out, a, b, alpha: float = 1.0) -> bool:
+    """``out += alpha * (a @ b)`` in one BLAS call (beta = 1: no temporary, no second pass).
+
+    ``a`` (M, K) and ``b`` (K, N) may be row-major or transposed views; ``out`` (M, N)
+    C-contiguous, all float32 or all float64 NumPy arrays. Returns False, doing nothing,
+    where that is not possible (another dtype or layout, or no CBLAS found in NumPy's
+    OpenBLAS); the caller then does it in NumPy.
+    """
+    if not all(isinstance(x, np.ndarray) and x.ndim == 2 for x in (out, a, b)):
+        return False
+    if not (out.dtype == a.dtype == b.dtype) or not out.flags.c_contiguous or not out.flags.writeable:
+        return False
+    M, K = a.shape
+    if b.shape[0] != K or out.shape != (M, b.shape[1]):
+        raise ValueError(f"gemm_accumulate: out {out.shape} += a {a.shape} @ b {b.shape}; the shapes do not chain")
+    N = b.shape[1]
+    if M == 0 or N == 0 or K == 0:
+        return True
+    if np.shares_memory(out, a) or np.shares_memory(out, b):
+        return False
+    fn = _blas_gemm(out.dtype)
+    oa, ob = _operand(a), _operand(b)
+    if fn is None or oa is None or ob is None:
+        return False
+    _setup_threads()  # OpenBLAS's threads are this pool's (see the module docstring)
+    gemm, _ = fn
+    gemm(_ROW_MAJOR, oa[0], ob[0], M, N, K, alpha, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0,
+         out.ctypes.data, N)
+    return True

@@ -13,8 +13,12 @@ _ROW_BLOCK_BYTES = 4 << 20
 
 
 def _accumulate_matmul(out, a, b):
-    """``out += a @ b`` through a few-MiB scratch: a (V, H) weight gradient of a big output
-    layer would otherwise be a second (V, H) temporary at the step's peak."""
+    """``out += a @ b``: one BLAS call with beta = 1 where NumPy's OpenBLAS can be called
+    (``kernels.native.gemm_accumulate``), else through a few-MiB scratch. A (V, H) weight
+    gradient of a big output layer would otherwise be a second (V, H) temporary at the
+    step's peak."""
+    if kernels.native_active() and kernels.native.gemm_accumulate(out, a, b):
+        return
     rows = max(1, _ROW_BLOCK_BYTES // max(1, out.itemsize * out.shape[1]))
     if rows >= out.shape[0]:
         out += a @ b

@@ -1,11 +1,38 @@
-"""Losses: fused softmax cross-entropy and mean squared error."""
+"""Losses: fused softmax cross-entropy, the same fused with its affine layer, and mean squared error."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import backend, kernels
 from ._checks import check_float_input
 from .base import Layer
+from .linear import Linear, _accumulate_matmul
+
+
+def _check_targets(xp, targets, shape, against: str) -> None:
+    if tuple(targets.shape) != tuple(shape):
+        raise ValueError(f"targets have shape {tuple(targets.shape)}; expected {tuple(shape)} "
+                         f"({against} without the class axis)")
+    if not xp.issubdtype(targets.dtype, xp.integer):
+        raise ValueError(f"targets have dtype {targets.dtype}; expected integer class ids")
+
+
+def _counted_targets(xp, targets, mask, ignore_index, V):
+    """(targets flattened with uncounted ones set to 0, the counted positions (N,) bool)."""
+    t = targets.reshape(-1)
+    valid = xp.ones(t.shape, dtype=bool)
+    if ignore_index is not None:
+        valid &= t != ignore_index
+    if mask is not None:
+        if tuple(mask.shape) != tuple(targets.shape):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(targets.shape)}")
+        valid &= mask.reshape(-1).astype(bool)
+    bad = valid & ((t < 0) | (t >= V))
+    if bool(bad.any()):
+        raise ValueError(f"target id {int(t[bad][0])}; expected ids in [0, {V - 1}]")
+    return xp.where(valid, t, 0), valid
 
 
 class SoftmaxCrossEntropy(Layer):
@@ -27,23 +54,9 @@ class SoftmaxCrossEntropy(Layer):
         xp = backend.get_array_module(logits)
         check_float_input(logits, "logits", logits.ndim, None, logits.dtype, check_finite=False)
         V = logits.shape[-1]
-        if tuple(targets.shape) != tuple(logits.shape[:-1]):
-            raise ValueError(f"targets have shape {tuple(targets.shape)}; expected {tuple(logits.shape[:-1])} (logits without the class axis)")
-        if not xp.issubdtype(targets.dtype, xp.integer):
-            raise ValueError(f"targets have dtype {targets.dtype}; expected integer class ids")
+        _check_targets(xp, targets, logits.shape[:-1], "logits")
         z = logits.reshape(-1, V)
-        t = targets.reshape(-1)
-        valid = xp.ones(t.shape, dtype=bool)
-        if self.ignore_index is not None:
-            valid &= t != self.ignore_index
-        if mask is not None:
-            if tuple(mask.shape) != tuple(targets.shape):
-                raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(targets.shape)}")
-            valid &= mask.reshape(-1).astype(bool)
-        t_safe = xp.where(valid, t, 0)
-        bad = valid & ((t < 0) | (t >= V))
-        if bool(bad.any()):
-            raise ValueError(f"target id {int(t[bad][0])}; expected ids in [0, {V - 1}]")
+        t_safe, valid = _counted_targets(xp, targets, mask, self.ignore_index, V)
         # fused log-softmax: one (N, V) buffer holds exp(z - max), and in backward the
         # gradient; the logits themselves are never modified
         if kernels.native_for(z):  # the same passes in C, on every core (float64 row losses)
@@ -54,11 +67,11 @@ class SoftmaxCrossEntropy(Layer):
             e = xp.subtract(z, zmax)
             xp.exp(e, out=e)
             sumexp = e.sum(axis=1)
-            rows = xp.arange(len(t))
+            rows = xp.arange(len(t_safe))
             logp_t = (z[rows, t_safe] - zmax[:, 0]) - xp.log(sumexp)
         count = int(valid.sum())
         self.count = count
-        all_valid = count == len(t)
+        all_valid = count == len(t_safe)
         self._cache = (e, sumexp, t_safe, None if all_valid else valid, count, logits.shape)
         if count == 0:
             return 0.0
@@ -92,6 +105,97 @@ class SoftmaxCrossEntropy(Layer):
         return e.reshape(shape)
 
 
+CHUNK_BYTES = 16 << 20  # linear_cross_entropy's logits block; 2 blocks for the benchmark's M (700 x 10000)
+
+
+class LinearCrossEntropyResult(NamedTuple):
+    loss: float  # mean over the counted positions (0.0 when none is counted)
+    count: int  # counted positions
+    dx: object  # d(dloss * loss)/dx, shaped like x; None when grad=False
+
+
+def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index: int | None = None,
+                         dloss: float = 1.0, grad: bool = True,
+                         chunk_bytes: int = CHUNK_BYTES) -> LinearCrossEntropyResult:
+    """``SoftmaxCrossEntropy(linear(x), targets)`` and its backward in one pass over row blocks.
+
+    The (N, V) logits never exist at once: for each block of rows the logits are computed
+    into one reused buffer of at most ``chunk_bytes`` (at least one row), turned into
+    ``exp(z - max)`` in place, then (``grad=True``) into ``dloss * (softmax - onehot) /
+    count`` in place; that block's ``dx`` rows and its share of the weight and bias
+    gradients are taken before the next block overwrites it. With a big vocabulary this is
+    most of a language model's activation memory (the benchmark's M: 2 x 27 MiB of logits
+    and softmax become one 13 MiB block). The FLOPs are the unfused ones; the weight
+    gradient gets one more read and write per block (a beta = 1 GEMM).
+
+    The gradients *accumulate into* ``linear.grads`` here, in the forward: there is no
+    separate backward call, so ``dloss`` (the factor the caller's backward would pass) is
+    given up front. ``grad=False`` computes the loss only (evaluation), with the same
+    memory bound. ``mask`` and ``ignore_index`` count positions as in
+    :class:`SoftmaxCrossEntropy`. Returns ``(loss, count, dx)``.
+    """
+    if not isinstance(linear, Linear):
+        raise TypeError(f"linear is a {type(linear).__name__}; expected an rnnkit Linear layer")
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes {chunk_bytes!r}; expected an integer >= 1")
+    W, b = linear.params["weight"], linear.params.get("bias")
+    V, H = W.shape
+    if getattr(x, "ndim", 0) < 1:
+        raise ValueError(f"x has shape {getattr(x, 'shape', None)}; expected (..., {H})")
+    check_float_input(x, "x", x.ndim, H, W.dtype, check_finite=False)
+    xp = backend.get_array_module(x)
+    _check_targets(xp, targets, x.shape[:-1], "x")
+    t, valid = _counted_targets(xp, targets, mask, ignore_index, V)
+    x2 = xp.ascontiguousarray(x.reshape(-1, H))
+    N = x2.shape[0]
+    count = int(valid.sum())
+    all_valid = count == N
+    rows = max(1, min(N, chunk_bytes // (V * W.itemsize)))
+    rows = -(-N // -(-N // rows))  # as many blocks as needed, of equal size
+    buf = xp.empty((rows, V), dtype=W.dtype)
+    dx = xp.empty_like(x2) if grad else None
+    scale = dloss / max(count, 1)
+    total = 0.0
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        z, tc, vc = buf[: r1 - r0], t[r0:r1], None if all_valid else valid[r0:r1]
+        xp.matmul(x2[r0:r1], W.T, out=z)
+        native = kernels.native_for(z)
+        if b is not None:
+            if native:
+                kernels.native.add_rows(z, b)
+            else:
+                z += b
+        if native:
+            _, sumexp, neg_logp = kernels.native.softmax_forward(z, tc, out=z)
+        else:
+            index = xp.arange(r1 - r0)
+            z_t = z[index, tc]
+            zmax = z.max(axis=1)
+            z -= zmax[:, None]
+            xp.exp(z, out=z)
+            sumexp = z.sum(axis=1)
+            neg_logp = xp.log(sumexp) - (z_t - zmax)
+        total += float((neg_logp if vc is None else neg_logp * vc).sum())
+        if not grad:
+            continue
+        row_scale = scale / sumexp
+        target_scale = xp.full(sumexp.shape, scale, dtype=z.dtype)
+        if vc is not None:
+            row_scale, target_scale = row_scale * vc, target_scale * vc
+        if native:
+            kernels.native.softmax_backward(z, tc, row_scale, target_scale)
+        else:
+            z *= row_scale.astype(z.dtype)[:, None]
+            z[index, tc] -= target_scale
+        xp.matmul(z, W, out=dx[r0:r1])
+        _accumulate_matmul(linear.grads["weight"], z.T, x2[r0:r1])
+        if b is not None:
+            linear.grads["bias"] += xp.ones(r1 - r0, dtype=z.dtype) @ z
+    loss = total / count if count else 0.0
+    return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
+
+
 class MSELoss(Layer):
     """``mean((pred - target)^2)`` over counted elements (``mask`` over leading axes, broadcast)."""
 
@@ -120,4 +224,4 @@ class MSELoss(Layer):
         return diff * (2.0 * dloss / count)
 
 
-__all__ = ["SoftmaxCrossEntropy", "MSELoss"]
+__all__ = ["SoftmaxCrossEntropy", "linear_cross_entropy", "LinearCrossEntropyResult", "MSELoss"]

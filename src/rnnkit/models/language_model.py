@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backend
-from ..layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from ..layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy, linear_cross_entropy
 from ..layers.recurrent import init_normal, init_uniform
 from .base import Model
 
@@ -177,13 +177,17 @@ class LanguageModel(Model):
         self.rnn._state = (h, xp.asarray(arrays["c"], dtype=dtype)) if "c" in arrays else h
 
     # -- forward / backward --------------------------------------------------------------------
-    def forward(self, ids):
-        """ids (B, T) int -> logits (B, T, V); the recurrent state carries over from the last call."""
+    def _features(self, ids):
+        """ids (B, T) -> the decoder's input (B, T, H): embedding, recurrent stack, dropouts."""
         if getattr(ids, "ndim", 0) != 2:
             raise ValueError(f"ids have shape {getattr(ids, 'shape', None)}; expected (B, T) token ids")
         x = self.embedding_drop(self.encoder(ids))
         h, _ = self.rnn(x)
-        self.last_logits = self.decoder(self.output_drop(h))
+        return self.output_drop(h)
+
+    def forward(self, ids):
+        """ids (B, T) int -> logits (B, T, V); the recurrent state carries over from the last call."""
+        self.last_logits = self.decoder(self._features(ids))
         return self.last_logits
 
     def loss(self, ids, targets, mask=None) -> float:
@@ -193,9 +197,27 @@ class LanguageModel(Model):
     def backward(self, dloss: float = 1.0) -> None:
         """BPTT through the last ``loss`` call; gradients accumulate into ``grads``."""
         dlogits = self.criterion.backward(dloss)
-        dh = self.output_drop.backward(self.decoder.backward(dlogits))
-        dx = self.rnn.backward(dh)
+        self._backward_features(self.decoder.backward(dlogits))
+
+    def _backward_features(self, dh) -> None:
+        dx = self.rnn.backward(self.output_drop.backward(dh))
         self.encoder.backward(self.embedding_drop.backward(dx))
+
+    def loss_and_backward(self, ids, targets, mask=None, dloss: float = 1.0) -> float:
+        """``loss(ids, targets, mask)`` and then ``backward(dloss)``, without the (B, T, V) logits.
+
+        The decoder and the softmax cross-entropy run block by block of rows, each block's
+        gradients taken before the next (:func:`rnnkit.layers.linear_cross_entropy`), so a
+        big vocabulary's logits and softmax never take memory at once. The same loss and
+        gradients as the two calls, to float32 rounding; ``last_logits`` is left None. The
+        ``lm`` task trains with this.
+        """
+        self.last_logits = None
+        h = self._features(ids)
+        result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
+                                      dloss=dloss)
+        self._backward_features(result.dx)
+        return result.loss
 
     # -- inference -----------------------------------------------------------------------------
     def predict(self, ids, state=None):

@@ -131,11 +131,13 @@ class LanguageModelTask:
         return len(self.train_stream)
 
     def train_loss(self, batch) -> tuple[float, int]:
+        """Forward *and* backward: the model's fused output layer takes its gradients block by
+        block in one pass (``LanguageModel.loss_and_backward``), so ``backward`` has nothing left."""
         x, y = batch
-        return self.model.loss(x, y), int(y.size)
+        return self.model.loss_and_backward(x, y), int(y.size)
 
     def backward(self) -> None:
-        self.model.backward()
+        """Done in ``train_loss`` (see there)."""
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, split: str) -> dict[str, float]:

@@ -32,10 +32,13 @@ class Task(Protocol):
         """Length of an epoch in batches (for the progress bar)."""
 
     def train_loss(self, batch) -> tuple[float, int]:
-        """Forward in training mode; returns (mean loss, number of counted items)."""
+        """Forward in training mode; returns (mean loss, number of counted items).
+
+        It may take the gradients in the same pass (the ``lm`` task does: its fused output
+        layer never holds the whole logits), and ``backward`` then has nothing left to do."""
 
     def backward(self) -> None:
-        """Backward of the last train_loss; accumulates into the model's grads."""
+        """Backward of the last train_loss (where it did not already); accumulates into the model's grads."""
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on ``split`` ("valid" or "test") in eval mode, e.g. {"loss": ..., "ppl": ...}."""

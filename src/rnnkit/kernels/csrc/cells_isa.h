@@ -455,6 +455,7 @@ static void ISA(softmax_rows)(const float *z, long V, const long *targets, long 
     for (long r = r0; r < r1; r++) {
         const float *zr = z + r * V;
         float *er = probs + r * V;
+        const float zt = zr[targets[r]]; /* read first: probs may be z itself (in place) */
         vf vmax = BC(-INFINITY);
         long j = 0;
         for (; j + VW <= V; j += VW) {
@@ -485,8 +486,7 @@ static void ISA(softmax_rows)(const float *z, long V, const long *targets, long 
             for (long l = 0; l < V - j; l++) s += e[l];
         }
         sumexp[r] = s;
-        long t = targets[r];
-        row_loss[r] = (double)logf(s) - (double)(zr[t] - mx);
+        row_loss[r] = (double)logf(s) - (double)(zt - mx);
     }
 }
 

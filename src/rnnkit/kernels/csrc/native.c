@@ -415,7 +415,7 @@ static void softmax_grad_task(void *argp, int tid, int nth) {
     else softmax_grad_rows_avx2(a->probs, a->V, a->targets, a->row_scale, a->target_scale, r0, r1);
 }
 
-/* probs = exp(z - rowmax), sumexp, row_loss = -log softmax(z)[target]; N x V rows. */
+/* probs = exp(z - rowmax), sumexp, row_loss = -log softmax(z)[target]; N x V rows; probs may be z. */
 RK_EXPORT int rk_softmax_forward(const float *z, long N, long V, const long *targets, float *probs, float *sumexp,
                                  double *row_loss, int nth) {
     int level = rk_isa();
