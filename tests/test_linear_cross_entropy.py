@@ -150,3 +150,20 @@ def test_language_model_loss_and_backward_equals_loss_then_backward(cell, tie):
         assert twin.last_logits is None
         for (name, _, g_want), (_, _, g_got) in zip(model.named_parameters(), twin.named_parameters()):
             np.testing.assert_allclose(g_got, g_want, rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_language_model_predict_loss_equals_the_loss_of_predict():
+    config = LanguageModelConfig(vocab_size=31, cell="lstm", embedding_size=8, hidden_size=10, dropout=0.5)
+    model = LanguageModel(config, seed=4, dtype=np.float64)
+    model.train()
+    rng = np.random.default_rng(1)
+    ids, targets = rng.integers(0, 31, size=(3, 7)), rng.integers(0, 31, size=(3, 7))
+    model.loss(ids, targets)  # leaves a training carry that neither call may use or change
+    carried = model.carried_state()["h"].copy()
+    logits, state = model.predict(ids)
+    want = SoftmaxCrossEntropy().forward(logits, targets)
+    loss, count, state2 = model.predict_loss(ids, targets)
+    assert loss == pytest.approx(want, rel=1e-12) and count == targets.size
+    np.testing.assert_array_equal(state2[0], state[0])
+    np.testing.assert_array_equal(model.carried_state()["h"], carried)
+    assert model.training

@@ -225,13 +225,27 @@ class LanguageModel(Model):
 
         Leaves the training carry (``rnn.state``) untouched. Returns (logits (B, T, V), state).
         """
+        h, state = self._eval_features(ids, state)
+        return self.decoder.forward(h), state
+
+    def predict_loss(self, ids, targets, state=None, mask=None):
+        """Mean next-token loss of ``targets`` given ``ids`` (B, T) from ``state``, in eval mode,
+        without the (B, T, V) logits (``linear_cross_entropy(grad=False)``, block by block).
+
+        Leaves the training carry untouched (see :meth:`predict`). Returns (loss, count, state).
+        """
+        h, state = self._eval_features(ids, state)
+        result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
+                                      grad=False)
+        return result.loss, result.count, state
+
+    def _eval_features(self, ids, state):
         was_training, carried = self.training, self.rnn._state
         self.eval()
         self.rnn._state = None  # state=None means zeros here, not the training carry
         try:
             x = self.encoder.forward(ids)
-            h, state = self.rnn.forward(x, state)
-            return self.decoder.forward(h), state
+            return self.rnn.forward(x, state)
         finally:
             self.rnn._state, self.rnn._cache = carried, None
             self.train(was_training)

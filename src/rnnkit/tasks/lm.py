@@ -159,8 +159,8 @@ def evaluate_ids(model: LanguageModel, ids: np.ndarray, batch_size: int, bptt: i
     xp = model.xp
     total, count, state = 0.0, 0, None
     for x, y in stream:
-        logits, state = model.predict(xp.asarray(x), state)
-        total += model.criterion.forward(logits, xp.asarray(y)) * y.size
-        count += y.size
+        loss, counted, state = model.predict_loss(xp.asarray(x), xp.asarray(y), state)
+        total += loss * counted
+        count += counted
     loss = total / max(count, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 700)), "tokens": count}
