@@ -282,3 +282,21 @@ def test_one_bias_language_model_trains_step_for_step_like_the_textbook_referenc
         clipped += norm > 0.25
     assert clipped >= 3  # the clipping path was exercised, not only the plain step
     np.testing.assert_allclose(ours.state_dict()["rnn.bias_ih_l0"], lm.rnns[0].params[2], rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("selected", ["native", "fused"])
+def test_accumulate_matmul_adds_the_product_both_ways(selected, monkeypatch):
+    """Weight gradients: one beta = 1 GEMM under the native kernels, scratch blocks of rows
+    otherwise (forced here to several blocks); the same sums either way."""
+    if selected == "native" and not kernels.native.available():
+        pytest.skip(f"native kernels unavailable: {kernels.native.why_unavailable()}")
+    monkeypatch.setattr(kernels, "_ROW_BLOCK_BYTES", 7 * 13 * 8)  # 7 rows a block
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((40, 17)), rng.standard_normal((17, 13))
+    out = rng.standard_normal((40, 13))
+    want = out + a @ b
+    with kernels.using(selected):
+        kernels.accumulate_matmul(out, a, b)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        kernels.accumulate_matmul(out, a.T.copy().T, b)  # a transposed (Fortran-order) operand
+    np.testing.assert_allclose(out, want + a @ b, rtol=1e-12, atol=1e-12)

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 
 import numpy as _np
 
+from .. import backend as _backend
+
 from . import fused, native, pointwise
 
 _POINTWISE = {"native": fused, "fused": fused, "reference": pointwise}
@@ -82,4 +84,31 @@ def native_for(*arrays, min_size: int = NATIVE_MIN_SIZE) -> bool:
     return True
 
 
-__all__ = ["active", "fused", "native", "native_active", "native_for", "pointwise", "selected", "use", "using"]
+_ROW_BLOCK_BYTES = 4 << 20
+
+
+def accumulate_matmul(out, a, b) -> None:
+    """``out += a @ b`` for a weight gradient, without an ``out``-sized temporary.
+
+    With the native kernels selected: one BLAS call with beta = 1 where NumPy's OpenBLAS
+    can take the arrays (``native.gemm_accumulate``). Otherwise (NumPy kernels, CuPy, a
+    layout BLAS cannot take) through a scratch of a few MiB, block by block of rows: a
+    (V, H) gradient of a big output layer would else be a second (V, H) array at the
+    step's peak.
+    """
+    if native_active() and native.gemm_accumulate(out, a, b):
+        return
+    rows = max(1, _ROW_BLOCK_BYTES // max(1, out.itemsize * out.shape[1]))
+    if rows >= out.shape[0]:
+        out += a @ b
+        return
+    xp = _backend.get_array_module(out)
+    scratch = xp.empty((rows, out.shape[1]), dtype=out.dtype)
+    for start in range(0, out.shape[0], rows):
+        stop = min(start + rows, out.shape[0])
+        block = scratch[: stop - start]
+        xp.matmul(a[start:stop], b, out=block)
+        out[start:stop] += block
+
+
+__all__ = ["accumulate_matmul", "active", "fused", "native", "native_active", "native_for", "pointwise", "selected", "use", "using"]

@@ -9,29 +9,6 @@ from .base import Layer
 from .recurrent import init_uniform
 
 
-_ROW_BLOCK_BYTES = 4 << 20
-
-
-def _accumulate_matmul(out, a, b):
-    """``out += a @ b``: one BLAS call with beta = 1 where NumPy's OpenBLAS can be called
-    (``kernels.native.gemm_accumulate``), else through a few-MiB scratch. A (V, H) weight
-    gradient of a big output layer would otherwise be a second (V, H) temporary at the
-    step's peak."""
-    if kernels.native_active() and kernels.native.gemm_accumulate(out, a, b):
-        return
-    rows = max(1, _ROW_BLOCK_BYTES // max(1, out.itemsize * out.shape[1]))
-    if rows >= out.shape[0]:
-        out += a @ b
-        return
-    xp = backend.get_array_module(out)
-    scratch = xp.empty((rows, out.shape[1]), dtype=out.dtype)
-    for start in range(0, out.shape[0], rows):
-        stop = min(start + rows, out.shape[0])
-        block = scratch[: stop - start]
-        xp.matmul(a[start:stop], b, out=block)
-        out[start:stop] += block
-
-
 class Linear(Layer):
     """``y = x W^T + b`` for x of shape (..., in_features) -> (..., out_features).
 
@@ -77,7 +54,7 @@ class Linear(Layer):
             raise RuntimeError("backward called before forward")
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
-        _accumulate_matmul(self.grads["weight"], dy2.T, x2)
+        kernels.accumulate_matmul(self.grads["weight"], dy2.T, x2)
         if "bias" in self.params:
             # the column sums as a GEMV, which the BLAS runs on all its threads: (700, 10000)
             # on 2 cores 0.4 ms, against 2.4 ms for NumPy's one-thread dy2.sum(axis=0)

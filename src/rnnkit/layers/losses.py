@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 
 from .. import backend, kernels
 from ._checks import check_float_input
 from .base import Layer
-from .linear import Linear, _accumulate_matmul
+from .linear import Linear
 
 
 def _check_targets(xp, targets, shape, against: str) -> None:
@@ -189,7 +188,7 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
             z *= row_scale.astype(z.dtype)[:, None]
             z[index, tc] -= target_scale
         xp.matmul(z, W, out=dx[r0:r1])
-        _accumulate_matmul(linear.grads["weight"], z.T, x2[r0:r1])
+        kernels.accumulate_matmul(linear.grads["weight"], z.T, x2[r0:r1])
         if b is not None:
             linear.grads["bias"] += xp.ones(r1 - r0, dtype=z.dtype) @ z
     loss = total / count if count else 0.0

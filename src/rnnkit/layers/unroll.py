@@ -211,18 +211,18 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     else:
         dh, dc = _backward_loop(c, dXW, dHW_n, dy, dh, dc)
 
-    # weight gradients: one GEMM each over all steps
+    # weight gradients: one GEMM each over all steps, accumulated in place (beta = 1)
     w_ih, w_hh, b_ih, b_hh = names
     H_prev = c.Hs[:-1].reshape(T * B, H)
     if c.mode == "gru":  # [r, z] rows from dXW, n rows from dHW_n
         dXW_rz = dXW.reshape(T * B, G)[:, : 2 * H]
-        grads[w_hh][: 2 * H] += dXW_rz.T @ H_prev
-        grads[w_hh][2 * H :] += dHW_n.reshape(T * B, H).T @ H_prev
+        kernels.accumulate_matmul(grads[w_hh][: 2 * H], dXW_rz.T, H_prev)
+        kernels.accumulate_matmul(grads[w_hh][2 * H :], dHW_n.reshape(T * B, H).T, H_prev)
         if c.has_bias:
             grads[b_hh][: 2 * H] += dXW_rz.sum(axis=0) if dbias is None else dbias[: 2 * H]
             grads[b_hh][2 * H :] += dHW_n.sum(axis=(0, 1)) if dbias is None else dbias[G:]
     else:
-        grads[w_hh] += dXW.reshape(T * B, G).T @ H_prev
+        kernels.accumulate_matmul(grads[w_hh], dXW.reshape(T * B, G).T, H_prev)
     if c.has_bias:
         db = dXW.sum(axis=(0, 1)) if dbias is None else dbias[:G].astype(dXW.dtype)
         grads[b_ih] += db
@@ -231,7 +231,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     if c.reverse:
         dXW = xp.ascontiguousarray(dXW[::-1])
     dXW2 = dXW.reshape(T * B, G)
-    grads[w_ih] += dXW2.T @ c.X.reshape(T * B, D)
+    kernels.accumulate_matmul(grads[w_ih], dXW2.T, c.X.reshape(T * B, D))
     dX = (dXW2 @ c.W_ih).reshape(T, B, D)
     return dX, dh, dc
 
