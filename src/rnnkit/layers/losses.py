@@ -124,8 +124,10 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     count`` in place; that block's ``dx`` rows and its share of the weight and bias
     gradients are taken before the next block overwrites it. With a big vocabulary this is
     most of a language model's activation memory (the benchmark's M: 2 x 27 MiB of logits
-    and softmax become one 13 MiB block). The FLOPs are the unfused ones; the weight
-    gradient gets one more read and write per block (a beta = 1 GEMM).
+    and softmax become one 13 MiB block). The FLOPs are the unfused ones; each further
+    block costs one more read and write of the weight gradient (a beta = 1 GEMM) and, in
+    OpenBLAS, one more packing of the weight for the forward and ``dx`` GEMMs (measured:
+    2-4 % of the benchmark's M step with two blocks, ``benchmarks/profile_step_memory.py``).
 
     The gradients *accumulate into* ``linear.grads`` here, in the forward: there is no
     separate backward call, so ``dloss`` (the factor the caller's backward would pass) is
