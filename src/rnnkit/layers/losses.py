@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-
 from .. import backend, kernels
 from ._checks import check_float_input
 from .base import Layer
@@ -34,6 +33,37 @@ def _counted_targets(xp, targets, mask, ignore_index, V):
     return xp.where(valid, t, 0), valid
 
 
+def _softmax_rows(z, t, out):
+    """``out = exp(z - rowmax)`` row by row (``out`` may be ``z``: in place); returns
+    (sumexp, -log softmax(z)[t]) per row. In C on every core where the native kernels take
+    the arrays (float64 row losses), else in NumPy."""
+    if kernels.native_for(z, out):
+        _, sumexp, neg_logp = kernels.native.softmax_forward(z, t, out=out)
+        return sumexp, neg_logp
+    xp = backend.get_array_module(z)
+    z_t = z[xp.arange(len(t)), t]  # a copy, taken before ``out`` may overwrite z
+    zmax = z.max(axis=1)
+    xp.subtract(z, zmax[:, None], out=out)
+    xp.exp(out, out=out)
+    sumexp = out.sum(axis=1)
+    return sumexp, xp.log(sumexp) - (z_t - zmax)
+
+
+def _softmax_grad_rows(e, t, sumexp, valid, scale: float) -> None:
+    """In place: rows of ``e = exp(z - max)`` become ``scale * (softmax(z) - onehot(t))``,
+    zero where ``valid`` is False (None: every row counts); one pass over (N, V)."""
+    xp = backend.get_array_module(e)
+    row_scale = scale / sumexp
+    if valid is not None:
+        row_scale = row_scale * valid
+    target_scale = scale if valid is None else (valid * scale).astype(e.dtype)
+    if kernels.native_for(e):
+        kernels.native.softmax_backward(e, t, row_scale, xp.broadcast_to(target_scale, sumexp.shape))
+    else:
+        e *= row_scale.astype(e.dtype)[:, None]
+        e[xp.arange(len(t)), t] -= target_scale
+
+
 class SoftmaxCrossEntropy(Layer):
     """Mean of ``-log softmax(logits)[target]`` over counted positions.
 
@@ -58,16 +88,8 @@ class SoftmaxCrossEntropy(Layer):
         t_safe, valid = _counted_targets(xp, targets, mask, self.ignore_index, V)
         # fused log-softmax: one (N, V) buffer holds exp(z - max), and in backward the
         # gradient; the logits themselves are never modified
-        if kernels.native_for(z):  # the same passes in C, on every core (float64 row losses)
-            e, sumexp, neg_logp = kernels.native.softmax_forward(z, t_safe)
-            logp_t = -neg_logp
-        else:
-            zmax = z.max(axis=1, keepdims=True)
-            e = xp.subtract(z, zmax)
-            xp.exp(e, out=e)
-            sumexp = e.sum(axis=1)
-            rows = xp.arange(len(t_safe))
-            logp_t = (z[rows, t_safe] - zmax[:, 0]) - xp.log(sumexp)
+        e = xp.empty(z.shape, dtype=z.dtype)
+        sumexp, neg_logp = _softmax_rows(z, t_safe, e)
         count = int(valid.sum())
         self.count = count
         all_valid = count == len(t_safe)
@@ -75,8 +97,8 @@ class SoftmaxCrossEntropy(Layer):
         if count == 0:
             return 0.0
         if not all_valid:
-            logp_t = logp_t * valid
-        return float(-logp_t.sum() / count)
+            neg_logp = neg_logp * valid
+        return float(neg_logp.sum() / count)
 
     def backward(self, dloss: float = 1.0):
         """``dlogits = (softmax(logits) - onehot(targets)) * dloss / count`` at counted rows, 0 elsewhere.
@@ -88,19 +110,7 @@ class SoftmaxCrossEntropy(Layer):
             raise RuntimeError("backward called before forward (or twice for one forward)")
         e, sumexp, t_safe, valid, count, shape = self._cache
         self._cache = None
-        xp = backend.get_array_module(e)
-        scale = dloss / max(count, 1)
-        # softmax * scale in one pass over (N, V): each row of exp(z - max) times scale / sum
-        row_scale = scale / sumexp
-        if valid is not None:
-            row_scale = row_scale * valid
-        target_scale = scale if valid is None else (valid * scale).astype(e.dtype)
-        if kernels.native_for(e):
-            kernels.native.softmax_backward(e, t_safe, row_scale, xp.broadcast_to(target_scale, sumexp.shape))
-        else:
-            e *= row_scale.astype(e.dtype)[:, None]
-            rows = xp.arange(len(t_safe))
-            e[rows, t_safe] -= target_scale
+        _softmax_grad_rows(e, t_safe, sumexp, valid, dloss / max(count, 1))
         return e.reshape(shape)
 
 
@@ -139,7 +149,7 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
         raise TypeError(f"linear is a {type(linear).__name__}; expected an rnnkit Linear layer")
     if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 1:
         raise ValueError(f"chunk_bytes {chunk_bytes!r}; expected an integer >= 1")
-    W, b = linear.params["weight"], linear.params.get("bias")
+    W = linear.params["weight"]
     V, H = W.shape
     if getattr(x, "ndim", 0) < 1:
         raise ValueError(f"x has shape {getattr(x, 'shape', None)}; expected (..., {H})")
@@ -161,38 +171,14 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
         r1 = min(N, r0 + rows)
         z, tc, vc = buf[: r1 - r0], t[r0:r1], None if all_valid else valid[r0:r1]
         xp.matmul(x2[r0:r1], W.T, out=z)
-        native = kernels.native_for(z)
-        if b is not None:
-            if native:
-                kernels.native.add_rows(z, b)
-            else:
-                z += b
-        if native:
-            _, sumexp, neg_logp = kernels.native.softmax_forward(z, tc, out=z)
-        else:
-            index = xp.arange(r1 - r0)
-            z_t = z[index, tc]
-            zmax = z.max(axis=1)
-            z -= zmax[:, None]
-            xp.exp(z, out=z)
-            sumexp = z.sum(axis=1)
-            neg_logp = xp.log(sumexp) - (z_t - zmax)
+        linear.add_bias(z)
+        sumexp, neg_logp = _softmax_rows(z, tc, z)
         total += float((neg_logp if vc is None else neg_logp * vc).sum())
         if not grad:
             continue
-        row_scale = scale / sumexp
-        target_scale = xp.full(sumexp.shape, scale, dtype=z.dtype)
-        if vc is not None:
-            row_scale, target_scale = row_scale * vc, target_scale * vc
-        if native:
-            kernels.native.softmax_backward(z, tc, row_scale, target_scale)
-        else:
-            z *= row_scale.astype(z.dtype)[:, None]
-            z[index, tc] -= target_scale
+        _softmax_grad_rows(z, tc, sumexp, vc, scale)
         xp.matmul(z, W, out=dx[r0:r1])
-        kernels.accumulate_matmul(linear.grads["weight"], z.T, x2[r0:r1])
-        if b is not None:
-            linear.grads["bias"] += xp.ones(r1 - r0, dtype=z.dtype) @ z
+        linear.accumulate_grads(z, x2[r0:r1])
     loss = total / count if count else 0.0
     return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
 
