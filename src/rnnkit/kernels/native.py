@@ -348,7 +348,7 @@ def softmax_backward(probs, targets, row_scale, target_scale) -> None:
 
 
 # ---------------------------------------------------------------------- BLAS
-_gemm = {}  # dtype -> (ctypes function, C integer type), or None where NumPy's BLAS has none
+_gemm = {}  # dtype char -> the ctypes gemm function, or None where NumPy's BLAS has none
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
@@ -367,7 +367,7 @@ def _blas_gemm(dtype):
                 vp, e = ctypes.c_void_p, ctypes.c_int
                 fn.argtypes = [e, e, e, int_t, int_t, int_t, real, vp, int_t, vp, int_t, real, vp, int_t]
                 fn.restype = None
-                _gemm[key] = (fn, int_t)
+                _gemm[key] = fn
                 break
     return _gemm[key]
 
@@ -403,12 +403,11 @@ def gemm_accumulate(out, a, b, alpha: float = 1.0) -> bool:
         return True
     if np.shares_memory(out, a) or np.shares_memory(out, b):
         return False
-    fn = _blas_gemm(out.dtype)
+    gemm = _blas_gemm(out.dtype)
     oa, ob = _operand(a), _operand(b)
-    if fn is None or oa is None or ob is None:
+    if gemm is None or oa is None or ob is None:
         return False
     _setup_threads()  # OpenBLAS's threads are this pool's (see the module docstring)
-    gemm, _ = fn
     gemm(_ROW_MAJOR, oa[0], ob[0], M, N, K, alpha, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0,
          out.ctypes.data, N)
     return True
