@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -58,54 +59,47 @@ def main(argv=None) -> int:
     print(f"{args.config}/{args.cell}, {'unfused' if args.unfused else f'fused, blocks <= {args.chunk_mib:g} MiB'}")
     print("| phase | resident MiB | high-water MiB | traced peak MiB |\n|---|---|---|---|")
     tracemalloc.start()
-    model = Layer()
-    model.embed = Embedding(V, D, rng=rng, init_std=0.01)
-    model.rnn = rnn_class(D, H, num_layers=L, stateful=True, rng=rng)
-    model.out = Linear(H, V, rng=rng)
-    loss_layer = SoftmaxCrossEntropy()
-    opt = optim.SGD(model, lr=1.0)
+    model, opt = _build(V, D, H, L, rnn_class, rng, lr=1.0)
     mark("model built")
     for step in range(1, args.steps + 1):
-        opt.zero_grad()
-        y, _ = model.rnn.forward(model.embed.forward(ids))
-        mark(f"step {step}: recurrent forward")
-        if args.unfused:
-            loss_layer.forward(model.out.forward(y), targets)
-            dy = model.out.backward(loss_layer.backward())
-        else:
-            _, _, dy = linear_cross_entropy(model.out, y, targets, chunk_bytes=int(args.chunk_mib * 2**20))
-        mark(f"step {step}: output layer + loss")
-        model.embed.backward(model.rnn.backward(dy))
-        mark(f"step {step}: recurrent + embedding backward")
-        optim.clip_grad_norm(model, 0.25)
-        opt.step()
-        mark(f"step {step}: clip + SGD")
+        _train_step(model, opt, ids, targets, not args.unfused, args.chunk_mib,
+                    lambda phase, step=step: mark(f"step {step}: {phase}"))
     return 0
 
 
-def _ab(args, V, D, H, L, rnn_class, ids, targets) -> int:
-    import time  # noqa: PLC0415
-
-    rng = np.random.default_rng(0)
+def _build(V, D, H, L, rnn_class, rng, lr):
+    """The benchmark's model (as ``rnnkit.bench``'s rnnkit worker builds it) and its SGD."""
     model = Layer()
     model.embed = Embedding(V, D, rng=rng, init_std=0.01)
     model.rnn = rnn_class(D, H, num_layers=L, stateful=True, rng=rng)
     model.out = Linear(H, V, rng=rng)
-    loss_layer = SoftmaxCrossEntropy()
-    opt = optim.SGD(model, lr=0.1)
-    chunk = int(args.chunk_mib * 2**20)
+    model.loss_layer = SoftmaxCrossEntropy()
+    return model, optim.SGD(model, lr=lr)
+
+
+def _train_step(model, opt, ids, targets, fused: bool, chunk_mib: float, mark=lambda phase: None) -> None:
+    """One training step of the benchmark; ``mark(phase)`` after each phase."""
+    opt.zero_grad()
+    y, _ = model.rnn.forward(model.embed.forward(ids))
+    mark("recurrent forward")
+    if fused:
+        dy = linear_cross_entropy(model.out, y, targets, chunk_bytes=int(chunk_mib * 2**20)).dx
+    else:
+        model.loss_layer.forward(model.out.forward(y), targets)
+        dy = model.out.backward(model.loss_layer.backward())
+    mark("output layer + loss")
+    model.embed.backward(model.rnn.backward(dy))
+    mark("recurrent + embedding backward")
+    optim.clip_grad_norm(model, 0.25)
+    opt.step()
+    mark("clip + SGD")
+
+
+def _ab(args, V, D, H, L, rnn_class, ids, targets) -> int:
+    model, opt = _build(V, D, H, L, rnn_class, np.random.default_rng(0), lr=0.1)
 
     def step(fused: bool) -> None:
-        opt.zero_grad()
-        y, _ = model.rnn.forward(model.embed.forward(ids))
-        if fused:
-            _, _, dy = linear_cross_entropy(model.out, y, targets, chunk_bytes=chunk)
-        else:
-            loss_layer.forward(model.out.forward(y), targets)
-            dy = model.out.backward(loss_layer.backward())
-        model.embed.backward(model.rnn.backward(dy))
-        optim.clip_grad_norm(model, 0.25)
-        opt.step()
+        _train_step(model, opt, ids, targets, fused, args.chunk_mib)
 
     times = {True: [], False: []}
     for fused in (True, False, True, False):  # warm-up
