@@ -7,6 +7,9 @@ units, and the pointwise cell math fused into the GEMM tile that produced it. Th
 memory-bound passes NumPy runs on one core run here on all of them: softmax
 cross-entropy over the (N, V) logits, the clip norm's float64 sum of squares, the SGD and
 Adam updates, a bias add (the elementwise ones rounded exactly as NumPy rounds them).
+:func:`linear_xent` is the output layer and its loss in one pass, with GEMM tiles of its
+own, for vocabularies big against the hidden size (where OpenBLAS's GEMMs with one side of
+100 run at ~65 % of its rate and the logits go through memory three times).
 :func:`gemm_accumulate` is not this library's code: it calls NumPy's own OpenBLAS
 ``cblas_sgemm`` with beta = 1, for weight gradients that accumulate without a temporary.
 
@@ -94,6 +97,8 @@ def _load():
     lib.rk_softmax_forward.restype = i
     lib.rk_softmax_backward.argtypes = [vp, l, l, vp, vp, vp, i]
     lib.rk_softmax_backward.restype = i
+    lib.rk_linear_xent.argtypes = [l, i, i, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i, i]
+    lib.rk_linear_xent.restype = i
     if lib.rk_isa() == 0:
         _load_error = "this CPU has neither AVX-512 nor AVX2 + FMA"
         return None
@@ -345,6 +350,36 @@ def softmax_backward(probs, targets, row_scale, target_scale) -> None:
     ts = np.ascontiguousarray(target_scale, dtype=np.float32)
     rc = lib.rk_softmax_backward(_ptr(probs), N, V, _ptr(t), _ptr(rs), _ptr(ts), num_threads())
     _raise(rc, "softmax backward")
+
+
+def linear_xent(x, W, bias, targets, row_scale=None, target_scale=None, dx=None, dW=None, db=None,
+                rows: int = 0):
+    """The output layer and softmax cross-entropy in one pass: ``-log softmax(x W^T + b)[t]``
+    per row (N,) float64, returned. With ``dx`` (N, H): ``dx`` is written and ``dW`` (V, H),
+    ``db`` (V,) (None without a bias) are *added to*, for the logits' gradient
+    ``row_scale[r] * softmax(z_r) - target_scale[r] * onehot(t_r)``. The (N, V) logits are
+    never stored: the threads split the vocabulary and take the rows in blocks of ``rows``
+    (a multiple of 6; 0 chooses: a block's logits fill about 640 KiB of each core's L2).
+    targets must be in [0, V) (the caller checks)."""
+    lib = _load()
+    N, H = x.shape
+    V = W.shape[0]
+    grad = dx is not None
+    _check({"x": x, "W": W, "bias": bias, "dx": dx, "dW": dW, "db": db})
+    if W.shape != (V, H) or (bias is not None and bias.shape != (V,)):
+        raise ValueError(f"W {W.shape}, bias {None if bias is None else bias.shape}; expected ({V}, {H}) and ({V},)")
+    if grad and (dx.shape != (N, H) or dW is None or dW.shape != (V, H) or (db is not None and db.shape != (V,))):
+        raise ValueError(f"dx {dx.shape}, dW {None if dW is None else dW.shape}; expected ({N}, {H}), ({V}, {H})")
+    t = np.ascontiguousarray(targets, dtype=np.int64)
+    rs = ts = None
+    if grad:
+        rs = np.ascontiguousarray(row_scale, dtype=np.float32)
+        ts = np.ascontiguousarray(target_scale, dtype=np.float32)
+    row_loss = np.empty(N, dtype=np.float64)
+    rc = lib.rk_linear_xent(N, H, V, _ptr(x), _ptr(W), _ptr(bias), _ptr(t), _ptr(rs), _ptr(ts), _ptr(row_loss),
+                            _ptr(dx), _ptr(dW), _ptr(db), int(rows), num_threads())
+    _raise(rc, "linear_xent")
+    return row_loss
 
 
 # ---------------------------------------------------------------------- BLAS

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .. import backend, kernels
 from ._checks import check_float_input
 from .base import Layer
@@ -115,6 +117,12 @@ class SoftmaxCrossEntropy(Layer):
 
 
 CHUNK_BYTES = 16 << 20  # linear_cross_entropy's logits block; 2 blocks for the benchmark's M (700 x 10000)
+# The native fused kernel (kernels.native.linear_xent) packs W^T once per call: it is used
+# where that copy is at most this big and the vocabulary has enough 64-column panels to
+# share among the threads; above it (the benchmark's M: 26 MiB) OpenBLAS's GEMMs are as fast
+# and the copy would cost more memory than the row blocks save.
+NATIVE_MAX_PACKED_BYTES = 16 << 20
+NATIVE_MIN_VOCAB = 1024
 
 
 class LinearCrossEntropyResult(NamedTuple):
@@ -161,11 +169,13 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     N = x2.shape[0]
     count = int(valid.sum())
     all_valid = count == N
+    scale = dloss / max(count, 1)
+    if _native_xent(linear, x2):
+        return _linear_xent_native(linear, x, x2, t, valid, all_valid, count, scale, grad)
     rows = max(1, min(N, chunk_bytes // (V * W.itemsize)))
     rows = -(-N // -(-N // rows))  # as many blocks as needed, of equal size
     buf = xp.empty((rows, V), dtype=W.dtype)
     dx = xp.empty_like(x2) if grad else None
-    scale = dloss / max(count, 1)
     total = 0.0
     for r0 in range(0, N, rows):
         r1 = min(N, r0 + rows)
@@ -179,6 +189,33 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
         _softmax_grad_rows(z, tc, sumexp, vc, scale)
         xp.matmul(z, W, out=dx[r0:r1])
         linear.accumulate_grads(z, x2[r0:r1])
+    loss = total / count if count else 0.0
+    return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
+
+
+def _native_xent(linear: Linear, x2) -> bool:
+    """True where :func:`linear_cross_entropy` runs the native fused kernel (see
+    ``NATIVE_MAX_PACKED_BYTES``): float32 NumPy arrays it takes as they are, a vocabulary
+    of at least ``NATIVE_MIN_VOCAB`` and packed weights of at most the bound."""
+    W = linear.params["weight"]
+    V, H = W.shape
+    if V < NATIVE_MIN_VOCAB or 4 * V * (H + 1) > NATIVE_MAX_PACKED_BYTES:
+        return False
+    return kernels.native_for(W, x2, linear.params.get("bias"), linear.grads["weight"],
+                              linear.grads.get("bias"), min_size=0)
+
+
+def _linear_xent_native(linear: Linear, x, x2, t, valid, all_valid: bool, count: int, scale: float,
+                        grad: bool) -> LinearCrossEntropyResult:
+    N, H = x2.shape
+    dx = row_scale = None
+    if grad:
+        dx = np.empty_like(x2)
+        row_scale = np.full(N, scale, dtype=np.float32) if all_valid else (valid * scale).astype(np.float32)
+    neg_logp = kernels.native.linear_xent(
+        x2, linear.params["weight"], linear.params.get("bias"), t, row_scale, row_scale, dx,
+        linear.grads["weight"] if grad else None, linear.grads.get("bias") if grad else None)
+    total = float((neg_logp if all_valid else neg_logp * valid).sum())
     loss = total / count if count else 0.0
     return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
 

@@ -503,6 +503,286 @@ static void ISA(softmax_grad_rows)(float *probs, long V, const long *targets, co
     }
 }
 
+/* ------------------------------------------------------------------ fused linear + softmax CE
+ * The output layer and its loss for a big vocabulary and a small hidden size (the
+ * benchmark's S: V 10000, H 100), where OpenBLAS runs the three GEMMs at ~65 % of its
+ * square-GEMM rate (K or N is 100) and the (N, V) logits make three trips through memory.
+ * Here the threads split the vocabulary; each packs its share of W once per call and
+ * takes the rows in blocks small enough that a block's logits stay in its L2 cache, where
+ * they become exp(z - max), then the gradient, then feed dW and dx, without a trip to
+ * memory. One barrier per block exchanges each row's local max and sum of exponentials. */
+
+/* the first n (1..VW) lanes, masked (the others are neither read nor written) */
+#if VW == 16
+static inline vf ISA(ldm)(const float *p, int n) {
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+static inline void ISA(stm)(float *p, vf v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v); }
+#else
+static inline __m256i ISA(lanes)(int n) { const vi idx = {0, 1, 2, 3, 4, 5, 6, 7}; return (__m256i)(idx < n); }
+static inline vf ISA(ldm)(const float *p, int n) { return (vf)_mm256_maskload_ps(p, ISA(lanes)(n)); }
+static inline void ISA(stm)(float *p, vf v, int n) { _mm256_maskstore_ps(p, ISA(lanes)(n), (__m256)v); }
+#endif
+
+/* C[i][j] (+)= sum_k A(i, k) B[k*ldb + j] for i < M, j < NV*VW, C's rows ldc apart; the
+ * last vector of each row of B and C has `nlast` lanes (so B and C can be W, x and dW as
+ * they are, H columns a row). A(i, k) is A[k*lda + i] (KM: k-major, one cache line per k)
+ * or A[i*lda + k] (IM: M row pointers). accumulate = 0: C = A B. */
+#define DEFINE_FT(NAME, AIDX, NV, M)                                                           \
+    static void ISA(NAME##_##NV##_##M)(int K, const float *restrict A, long lda,                \
+                                        const float *restrict B, long ldb, float *restrict C,    \
+                                        long ldc, int nlast, int accumulate) {                   \
+        vf acc[M][NV];                                                                         \
+        if (accumulate) {                                                                      \
+            _Pragma("GCC unroll 8") for (int i = 0; i < M; i++) {                              \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NV - 1; j++)                       \
+                    acc[i][j] = LD(C + i * ldc + j * VW);                                      \
+                acc[i][NV - 1] = ISA(ldm)(C + i * ldc + (NV - 1) * VW, nlast);                 \
+            }                                                                                  \
+        } else {                                                                               \
+            _Pragma("GCC unroll 8") for (int i = 0; i < M; i++)                                \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) acc[i][j] = (vf){0};      \
+        }                                                                                      \
+        _Pragma("GCC unroll 2") for (int k = 0; k < K; k++) {                                  \
+            vf b[NV];                                                                          \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV - 1; j++) b[j] = LD(B + (long)k * ldb + j * VW); \
+            b[NV - 1] = ISA(ldm)(B + (long)k * ldb + (NV - 1) * VW, nlast);                    \
+            _Pragma("GCC unroll 8") for (int i = 0; i < M; i++) {                              \
+                vf a = BC(A[AIDX]);                                                            \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) acc[i][j] += a * b[j];    \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 8") for (int i = 0; i < M; i++) {                                  \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV - 1; j++) ISA(st)(C + i * ldc + j * VW, acc[i][j]); \
+            ISA(stm)(C + i * ldc + (NV - 1) * VW, acc[i][NV - 1], nlast);                      \
+        }                                                                                      \
+    }
+#define FT_KM_IDX (long)k * lda + i
+#define FT_IM_IDX (long)i * lda + k
+#define DEFINE_FT_ROWS(NAME, AIDX, NV)                                                         \
+    DEFINE_FT(NAME, AIDX, NV, 1) DEFINE_FT(NAME, AIDX, NV, 2) DEFINE_FT(NAME, AIDX, NV, 3)      \
+    DEFINE_FT(NAME, AIDX, NV, 4) DEFINE_FT(NAME, AIDX, NV, 5) DEFINE_FT(NAME, AIDX, NV, 6)
+DEFINE_FT_ROWS(ftkm, FT_KM_IDX, 1) DEFINE_FT_ROWS(ftkm, FT_KM_IDX, 2)
+DEFINE_FT_ROWS(ftkm, FT_KM_IDX, 3) DEFINE_FT_ROWS(ftkm, FT_KM_IDX, 4)
+DEFINE_FT_ROWS(ftim, FT_IM_IDX, 1) DEFINE_FT_ROWS(ftim, FT_IM_IDX, 2)
+DEFINE_FT_ROWS(ftim, FT_IM_IDX, 3) DEFINE_FT_ROWS(ftim, FT_IM_IDX, 4)
+
+typedef void (*ISA(ft_fn))(int, const float *, long, const float *, long, float *, long, int, int);
+#define FT_ROW_TABLE(NAME, NV) \
+    {0, ISA(NAME##_##NV##_1), ISA(NAME##_##NV##_2), ISA(NAME##_##NV##_3), ISA(NAME##_##NV##_4), ISA(NAME##_##NV##_5), ISA(NAME##_##NV##_6)}
+static const ISA(ft_fn) ISA(ftkm_table)[5][7] = {
+    {0}, FT_ROW_TABLE(ftkm, 1), FT_ROW_TABLE(ftkm, 2), FT_ROW_TABLE(ftkm, 3), FT_ROW_TABLE(ftkm, 4)};
+static const ISA(ft_fn) ISA(ftim_table)[5][7] = {
+    {0}, FT_ROW_TABLE(ftim, 1), FT_ROW_TABLE(ftim, 2), FT_ROW_TABLE(ftim, 3), FT_ROW_TABLE(ftim, 4)};
+
+/* Column panels of a row of H floats: full panels of nvf vectors, then the rest (1..nvf-1
+ * vectors). Panel q starts at column q * nvf * VW. */
+static inline void ISA(lx_panel)(int H, int nvf, int q, int *nv, int *nlast) {
+    const int nvec = (H + VW - 1) / VW, start = q * nvf;
+    *nv = nvec - start < nvf ? nvec - start : nvf;
+    const int last_col = (start + *nv - 1) * VW;
+    *nlast = H - last_col < VW ? H - last_col : VW;
+}
+
+/* rows [r0, r0 + rows) of x, the block being worked on, packed for the forward GEMM: k-major
+ * tiles of `mr` rows, K = H + 1 with a row of ones for the bias */
+static void ISA(lx_pack_x)(const float *x, int H, long r0, int rows, int mr, float *xk) {
+    const int K1 = H + 1;
+    for (int q = 0; q * mr < rows; q++) {
+        const int m = rows - q * mr < mr ? rows - q * mr : mr;
+        float *dst = xk + (long)q * mr * K1;
+        for (int i = 0; i < m; i++) {
+            const float *src = x + (r0 + q * mr + i) * (long)H;
+            for (int k = 0; k < H; k++) dst[(long)k * m + i] = src[k];
+            dst[(long)H * m + i] = 1.0f;
+        }
+    }
+}
+
+/* exp(z - max) in place over n floats, max (NaN wins) returned in *mx; returns the sum */
+static float ISA(lx_row_exp)(float *zr, long n, float *mx_out) {
+    vf vmax = BC(-INFINITY);
+    long j = 0;
+    for (; j + VW <= n; j += VW) {
+        vf v = LD(zr + j);
+        vmax = ISA(select)(v > vmax, v, vmax);
+        vmax = ISA(select)(v != v, v, vmax);
+    }
+    float mx = -INFINITY;
+    for (int l = 0; l < VW; l++) if (vmax[l] > mx || vmax[l] != vmax[l]) { mx = vmax[l]; if (mx != mx) break; }
+    for (; j < n && mx == mx; j++) if (zr[j] > mx || zr[j] != zr[j]) mx = zr[j];
+    vf acc = BC(0.0f);
+    const vf vm = BC(mx);
+    j = 0;
+    for (; j + VW <= n; j += VW) {
+        vf e = ISA(exp_neg)(LD(zr + j) - vm);
+        ISA(st)(zr + j, e);
+        acc += e;
+    }
+    float s = 0.0f;
+    for (int l = 0; l < VW; l++) s += acc[l];
+    for (; j < n; j++) {
+        vf e = ISA(exp_neg)(BC(zr[j] - mx));
+        zr[j] = e[0];
+        s += e[0];
+    }
+    *mx_out = mx;
+    return s;
+}
+
+static void ISA(lx_task)(void *argp, int tid, int nth) {
+    rk_lx_args *a = (rk_lx_args *)argp;
+    const int H = a->H, V = a->V, K1 = H + 1, grad = a->grad;
+    const long N = a->N;
+    const int nvf = VW == 16 ? 4 : 2, PW = nvf * VW, mr = 6;
+    const int npan = (V + PW - 1) / PW;
+    int p0, p1;
+    ISA(my_chunks)(npan, tid, nth, &p0, &p1);
+    const int v_lo = p0 * PW, v_hi = p1 * PW < V ? p1 * PW : V, Vt = v_hi > v_lo ? v_hi - v_lo : 0;
+    const long Vp = (long)(p1 - p0) * PW;
+    const long Vs = Vp + ((Vp * 4) % 4096 == 0 ? VW : 0); /* rows of a block 4 KiB apart share L1 sets */
+    const int nvec = (H + VW - 1) / VW, Hpad = nvec * VW, nhp = (nvec + nvf - 1) / nvf;
+    const int R = a->rows;
+    /* scratch: packed W^T panels (+ the bias row), the block's logits, its x packed, this
+     * thread's part of dx (N x Hpad) and of the bias gradient */
+    const size_t f_bf = ((size_t)Vp * K1 + 15) / 16 * 16;
+    const size_t f_z = ((size_t)R * Vs + 15) / 16 * 16;
+    const size_t f_xk = ((size_t)R * K1 + 15) / 16 * 16;
+    const size_t f_dx = grad ? ((size_t)N * Hpad + 15) / 16 * 16 : 0;
+    const size_t f_db = grad ? ((size_t)Vp + 15) / 16 * 16 : 0;
+    float *Bf = rk_scratch(a->scratch, tid, (f_bf + f_z + f_xk + f_dx + f_db) * sizeof(float));
+    int sense = 0;
+    if (!Bf) a->failed = 1;
+    rk_barrier_wait(a->barrier, &sense);
+    if (a->failed) return;
+    float *z = Bf + f_bf, *xk = z + f_z, *dxp = xk + f_xk, *db = dxp + f_dx;
+    a->dxp[tid] = dxp;
+
+    /* pack: Bf panel p holds Bf[k*PW + j] = W[v_lo + p*PW + j][k], row H the bias (0 past V) */
+    for (int p = 0; p < p1 - p0; p++) {
+        float *panel = Bf + (long)p * K1 * PW;
+        for (int j = 0; j < PW; j++) {
+            const int v = v_lo + p * PW + j;
+            float *col = panel + j;
+            if (v < V) {
+                const float *row = a->W + (long)v * H;
+                for (int k = 0; k < H; k++) col[(long)k * PW] = row[k];
+                col[(long)H * PW] = a->bias ? a->bias[v] : 0.0f;
+            } else {
+                for (int k = 0; k <= H; k++) col[(long)k * PW] = 0.0f;
+            }
+        }
+    }
+    if (grad)
+        for (long v = 0; v < Vp; v++) db[v] = 0.0f;
+    float *part = a->part; /* (nth, N, 3): local max, local sum of exponentials, target logit */
+    const float rmin = -INFINITY;
+
+    for (long r0 = 0; r0 < N; r0 += R) {
+        const int rows = N - r0 < R ? (int)(N - r0) : R;
+        const int ntile = (rows + mr - 1) / mr;
+        ISA(lx_pack_x)(a->x, H, r0, rows, mr, xk);
+        /* forward: z[r][v] = x[r] . W[v] + b[v], this thread's vocabulary */
+        for (int p = 0; p < p1 - p0; p++) {
+            const float *panel = Bf + (long)p * K1 * PW;
+            for (int q = 0; q < ntile; q++) {
+                const int m = rows - q * mr < mr ? rows - q * mr : mr;
+                ISA(ftkm_table)[nvf][m](K1, xk + (long)q * mr * K1, m, panel, PW, z + (long)q * mr * Vs + (long)p * PW,
+                                        Vs, VW, 0);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            const long row = r0 + r;
+            float *zr = z + (long)r * Vs, mx = rmin, s = 0.0f;
+            const long t = a->targets[row];
+            const float zt = t >= v_lo && t < v_hi ? zr[t - v_lo] : 0.0f;
+            if (Vt > 0) s = ISA(lx_row_exp)(zr, Vt, &mx);
+            float *pr = part + ((long)tid * N + row) * 3;
+            pr[0] = mx; pr[1] = s; pr[2] = zt;
+        }
+        rk_barrier_wait(a->barrier, &sense);
+        /* every thread combines the parts of each row; thread 0 writes the loss */
+        for (int r = 0; r < rows; r++) {
+            const long row = r0 + r;
+            const long t = a->targets[row];
+            float M = -INFINITY;
+            int nan = 0;
+            for (int u = 0; u < nth; u++) {
+                const float m_u = part[((long)u * N + row) * 3];
+                if (m_u != m_u) nan = 1;
+                else if (m_u > M) M = m_u;
+            }
+            double S = 0.0;
+            float zt = 0.0f;
+            for (int u = 0; u < nth; u++) {
+                const float *pu = part + ((long)u * N + row) * 3;
+                if (pu[1] > 0.0f) S += (double)pu[1] * exp((double)pu[0] - (double)M);
+                int q0, q1;
+                ISA(my_chunks)(npan, u, nth, &q0, &q1);
+                if (t >= (long)q0 * PW && t < (long)q1 * PW) zt = pu[2];
+            }
+            if (nan) M = NAN;
+            if (tid == 0) a->row_loss[row] = log(S) + (double)M - (double)zt;
+            if (!grad || Vt == 0) continue;
+            const float c = (float)((double)a->row_scale[row] * exp((double)part[((long)tid * N + row) * 3] - (double)M) / S);
+            float *zr = z + (long)r * Vs;
+            const vf vc = BC(c);
+            long j = 0;
+            for (; j + VW <= Vt; j += VW) {
+                vf g = LD(zr + j) * vc;
+                ISA(st)(zr + j, g);
+                ISA(st)(db + j, LD(db + j) + g);
+            }
+            for (; j < Vt; j++) { zr[j] *= c; db[j] += zr[j]; }
+            if (t >= v_lo && t < v_hi) {
+                zr[t - v_lo] -= a->target_scale[row];
+                db[t - v_lo] -= a->target_scale[row];
+            }
+        }
+        if (!grad) continue;
+        /* dW[v][h] += sum_r g[r][v] x[r][h]: A = the block's g (k-major: k is the row), B = x */
+        for (int v = 0; v < Vt; v += mr) {
+            const int m = Vt - v < mr ? Vt - v : mr;
+            for (int q = 0; q < nhp; q++) {
+                int nv, nlast;
+                ISA(lx_panel)(H, nvf, q, &nv, &nlast);
+                const int h0 = q * nvf * VW;
+                ISA(ftkm_table)[nv][m](rows, z + v, Vs, a->x + r0 * H + h0, H, a->dW + (long)(v_lo + v) * H + h0, H,
+                                       nlast, 1);
+            }
+        }
+        /* dx[r] (this thread's part) = sum_v g[r][v] W[v]: A = g rows (i-major), B = W, k in chunks */
+        const int KC = 256;
+        if (Vt == 0)
+            for (int r = 0; r < rows; r++) memset(dxp + (r0 + r) * Hpad, 0, (size_t)Hpad * sizeof(float));
+        for (int k0 = 0; k0 < Vt; k0 += KC) {
+            const int kc = Vt - k0 < KC ? Vt - k0 : KC;
+            for (int q = 0; q < nhp; q++) {
+                int nv, nlast;
+                ISA(lx_panel)(H, nvf, q, &nv, &nlast);
+                const int h0 = q * nvf * VW;
+                for (int rt = 0; rt < ntile; rt++) {
+                    const int m = rows - rt * mr < mr ? rows - rt * mr : mr;
+                    ISA(ftim_table)[nv][m](kc, z + (long)rt * mr * Vs + k0, Vs, a->W + (long)(v_lo + k0) * H + h0, H,
+                                           dxp + (r0 + rt * mr) * Hpad + h0, Hpad, nlast, k0 > 0);
+                }
+            }
+        }
+    }
+    if (!grad) return;
+    for (int v = 0; v < Vt; v++) a->db[v_lo + v] += db[v];
+    rk_barrier_wait(a->barrier, &sense); /* every thread's dx part is complete */
+    const long n0 = N * tid / nth, n1 = N * (tid + 1) / nth;
+    for (long row = n0; row < n1; row++) {
+        float *out = a->dx + row * H;
+        for (int h = 0; h < H; h++) {
+            float s = 0.0f;
+            for (int u = 0; u < nth; u++) s += a->dxp[u][row * Hpad + h];
+            out[h] = s;
+        }
+    }
+}
+
 #undef vf
 #undef vi
 #undef vfu

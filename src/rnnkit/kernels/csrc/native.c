@@ -20,6 +20,7 @@
 #include <Python.h> /* only for the module stub at the end; nothing here touches Python objects */
 
 #include <errno.h>
+#include <immintrin.h> /* masked loads and stores (the fused output layer's column tails) */
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -293,6 +294,21 @@ typedef struct {
     _Atomic int failed;
 } rk_bwd_args;
 
+typedef struct {
+    long N;
+    int H, V, grad, rows;
+    const float *x, *W, *bias;          /* x (N, H), W (V, H), bias (V,) or NULL */
+    const long *targets;                /* (N,), each in [0, V) */
+    const float *row_scale, *target_scale; /* (N,): g = row_scale * softmax - target_scale * onehot */
+    double *row_loss;                   /* (N,): -log softmax(z)[target] */
+    float *dx, *dW, *db;                /* (N, H) written; (V, H) and (V,) accumulated (grad only) */
+    float *part;                        /* (nth, N, 3) exchanged per row: local max, sum, target logit */
+    float *dxp[RK_MAX_THREADS];         /* each thread's part of dx, in its scratch */
+    rk_barrier *barrier;
+    rk_scratch_t *scratch;
+    _Atomic int failed;
+} rk_lx_args;
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,fma,avx2")
 #define VW 16
@@ -431,6 +447,42 @@ RK_EXPORT int rk_softmax_backward(float *probs, long N, long V, const long *targ
     if (level == 0) return -2;
     rk_softmax_args a = {NULL, N, V, targets, probs, NULL, NULL, row_scale, target_scale, level};
     return run_parallel(softmax_grad_task, &a, N < 64 ? 1 : nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth) ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------- linear + softmax CE
+ * The output layer and softmax cross-entropy in one pass (cells_isa.h, "fused linear +
+ * softmax CE"): row_loss (N,) float64; with grad, dx (N, H) is written and dW (V, H), db (V,)
+ * (db NULL: no bias) accumulated, for g = row_scale[r] * softmax(z_r) - target_scale[r] *
+ * onehot(t_r). bias may be NULL. rows: rows per block (a multiple of 6; 0 chooses). */
+RK_EXPORT int rk_linear_xent(long N, int H, int V, const float *x, const float *W, const float *bias,
+                             const long *targets, const float *row_scale, const float *target_scale,
+                             double *row_loss, float *dx, float *dW, float *db, int rows, int nth) {
+    if (rk_isa() == 0) return -2;
+    if (N <= 0) return 0;
+    int n = nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth < 1 ? 1 : nth;
+    if (rows <= 0) { /* 96 rows (measured best on S and its neighbours), fewer where a block's
+                      * logits would exceed 8 MiB a thread */
+        long vt = (long)V / n + 64;
+        rows = (int)((8L << 20) / 4 / vt) / 6 * 6;
+        rows = rows < 6 ? 6 : rows > 96 ? 96 : rows;
+    }
+    rows = (rows + 5) / 6 * 6;
+    float *part = (float *)malloc((size_t)RK_MAX_THREADS * (size_t)N * 3 * sizeof(float));
+    float *db_scratch = NULL;
+    if (!part) return -1;
+    const int grad = dx != NULL;
+    if (grad && !db) { /* no bias: its gradient is still summed, into a throwaway buffer */
+        db_scratch = (float *)calloc((size_t)V, sizeof(float));
+        if (!db_scratch) { free(part); return -1; }
+        db = db_scratch;
+    }
+    rk_barrier bar;
+    rk_lx_args a = {N, H, V, grad, rows, x, W, bias, targets, row_scale, target_scale, row_loss, dx, dW, db, part,
+                    {0}, &bar, NULL, 0};
+    int rc = run_cell_task(lx_task_avx512, lx_task_avx2, &a, &bar, &a.scratch, &a.failed, n);
+    free(part);
+    free(db_scratch);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------- elementwise
