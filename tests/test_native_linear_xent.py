@@ -89,11 +89,11 @@ def test_matches_float64_for_every_tail(isa, N, H, V, threads):
         _assert_close(g, w, f"{name}, N {N} H {H} V {V}, {threads} threads, {isa}")
 
 
-@pytest.mark.parametrize("rows", [6, 12, 18, 96, 1000, 7])
+@pytest.mark.parametrize("rows", [16, 32, 48, 128, 1024, 7])
 def test_every_block_size_gives_the_same_result(rows):
     _, x, W, b, t, rs, ts = _case(101, 37, 1500, seed=4)
     want = _run(x, W, b, t, rs, ts)
-    got = _run(x, W, b, t, rs, ts, rows=rows)  # 7 is rounded up to 12
+    got = _run(x, W, b, t, rs, ts, rows=rows)  # 7 is rounded up to 16
     for name, g, w in zip(("loss", "dx", "dW", "db"), got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7 * max(1.0, float(np.abs(w).max())), err_msg=name)
 
@@ -142,8 +142,8 @@ def test_refuses_wrong_arrays():
 
 
 def test_linear_cross_entropy_takes_the_kernel_where_it_should():
-    """float32, vocabulary >= NATIVE_MIN_VOCAB, packed W^T within the bound: the kernel;
-    otherwise the row blocks through the BLAS. Both give the unfused layers' figures
+    """float32, vocabulary >= NATIVE_MIN_VOCAB, hidden size <= NATIVE_MAX_HIDDEN: the
+    kernel; otherwise the row blocks through the BLAS. Both give the unfused layers' figures
     (``test_linear_cross_entropy.py``); here: which one runs."""
     calls = []
     real = native.linear_xent
@@ -154,7 +154,7 @@ def test_linear_cross_entropy_takes_the_kernel_where_it_should():
 
     rng = np.random.default_rng(9)
     cases = [((2000, 32), np.float32, True), ((500, 32), np.float32, False), ((2000, 32), np.float64, False),
-             ((losses.NATIVE_MAX_PACKED_BYTES // 4 // 9 + 1, 8), np.float32, False)]
+             ((1024, losses.NATIVE_MAX_HIDDEN + 1), np.float32, False), ((1024, 650), np.float32, True)]
     try:
         native.linear_xent = spy
         for (V, H), dtype, expected in cases:
@@ -166,3 +166,33 @@ def test_linear_cross_entropy_takes_the_kernel_where_it_should():
             assert bool(calls) == expected, (V, H, dtype)
     finally:
         native.linear_xent = real
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_language_model_step_matches_the_numpy_kernels(tie):
+    """The LM's fused loss and backward on the native kernel (a float32 vocabulary of 1100,
+    tied or not) against the same model on the NumPy kernels."""
+    import copy
+
+    from rnnkit.models import LanguageModel, LanguageModelConfig
+
+    config = LanguageModelConfig(vocab_size=1100, cell="lstm", embedding_size=24, hidden_size=24, num_layers=1,
+                                 tie_weights=tie)
+    model = LanguageModel(config, seed=3, dtype=np.float32)
+    twin = copy.deepcopy(model)
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 1100, size=(5, 9)), rng.integers(0, 1100, size=(5, 9))
+    with kernels.using("fused"):
+        want = model.loss_and_backward(ids, targets)
+    calls = []
+    real = native.linear_xent
+    try:
+        native.linear_xent = lambda *a, **k: calls.append(1) or real(*a, **k)
+        with kernels.using("native"):
+            got = twin.loss_and_backward(ids, targets)
+    finally:
+        native.linear_xent = real
+    assert calls, "the native kernel was not used"
+    assert got == pytest.approx(want, rel=1e-5)
+    for (name, _, g_want), (_, _, g_got) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_allclose(g_got, g_want, rtol=1e-3, atol=1e-6 * float(np.abs(g_want).max()), err_msg=name)

@@ -117,11 +117,11 @@ class SoftmaxCrossEntropy(Layer):
 
 
 CHUNK_BYTES = 16 << 20  # linear_cross_entropy's logits block; 2 blocks for the benchmark's M (700 x 10000)
-# The native fused kernel (kernels.native.linear_xent) packs W^T once per call: it is used
-# where that copy is at most this big and the vocabulary has enough 64-column panels to
-# share among the threads; above it (the benchmark's M: 26 MiB) OpenBLAS's GEMMs are as fast
-# and the copy would cost more memory than the row blocks save.
-NATIVE_MAX_PACKED_BYTES = 16 << 20
+# The native fused kernel (kernels.native.linear_xent) takes float32 vocabularies of at least
+# NATIVE_MIN_VOCAB (enough rows of W to share among the threads) and hidden sizes up to
+# NATIVE_MAX_HIDDEN (its tiles read W's rows whole; at H 2048 OpenBLAS's blocked GEMMs
+# were faster, at 650 and 1024 as fast, below faster: benchmarks/RESULTS.md).
+NATIVE_MAX_HIDDEN = 1024
 NATIVE_MIN_VOCAB = 1024
 
 
@@ -152,6 +152,14 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     given up front. ``grad=False`` computes the loss only (evaluation), with the same
     memory bound. ``mask`` and ``ignore_index`` count positions as in
     :class:`SoftmaxCrossEntropy`. Returns ``(loss, count, dx)``.
+
+    With the native kernels, float32, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and a
+    hidden size of at most ``NATIVE_MAX_HIDDEN`` (the benchmark's S and M), the whole pass
+    is one C kernel (:func:`rnnkit.kernels.native.linear_xent`): the threads split the
+    vocabulary and take the tokens in blocks of 128 whose logits stay in cache from the GEMM
+    that makes them to the two that consume them, reading W, x and the gradients in place.
+    It keeps its own blocks (at most 8 MiB of logits a thread), so ``chunk_bytes`` does not
+    apply there; the result is the same to float32 rounding.
     """
     if not isinstance(linear, Linear):
         raise TypeError(f"linear is a {type(linear).__name__}; expected an rnnkit Linear layer")
@@ -194,12 +202,12 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
 
 
 def _native_xent(linear: Linear, x2) -> bool:
-    """True where :func:`linear_cross_entropy` runs the native fused kernel (see
-    ``NATIVE_MAX_PACKED_BYTES``): float32 NumPy arrays it takes as they are, a vocabulary
-    of at least ``NATIVE_MIN_VOCAB`` and packed weights of at most the bound."""
+    """True where :func:`linear_cross_entropy` runs the native fused kernel: float32 NumPy
+    arrays it takes as they are, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and a hidden
+    size of at most ``NATIVE_MAX_HIDDEN``."""
     W = linear.params["weight"]
     V, H = W.shape
-    if V < NATIVE_MIN_VOCAB or 4 * V * (H + 1) > NATIVE_MAX_PACKED_BYTES:
+    if V < NATIVE_MIN_VOCAB or H > NATIVE_MAX_HIDDEN:
         return False
     return kernels.native_for(W, x2, linear.params.get("bias"), linear.grads["weight"],
                               linear.grads.get("bias"), min_size=0)

@@ -507,10 +507,10 @@ static void ISA(softmax_grad_rows)(float *probs, long V, const long *targets, co
  * The output layer and its loss for a big vocabulary and a small hidden size (the
  * benchmark's S: V 10000, H 100), where OpenBLAS runs the three GEMMs at ~65 % of its
  * square-GEMM rate (K or N is 100) and the (N, V) logits make three trips through memory.
- * Here the threads split the vocabulary; each packs its share of W once per call and
- * takes the rows in blocks small enough that a block's logits stay in its L2 cache, where
- * they become exp(z - max), then the gradient, then feed dW and dx, without a trip to
- * memory. One barrier per block exchanges each row's local max and sum of exponentials. */
+ * Here the threads split the vocabulary and take the tokens in blocks small enough that a
+ * block's logits stay in cache, where they become exp(z - max), then the gradient, then
+ * feed dW and dx, without a trip to memory and without a copy of W. One barrier per block
+ * exchanges each token's local max and sum of exponentials. */
 
 /* the first n (1..VW) lanes, masked (the others are neither read nor written) */
 #if VW == 16
@@ -584,127 +584,92 @@ static inline void ISA(lx_panel)(int H, int nvf, int q, int *nv, int *nlast) {
     *nlast = H - last_col < VW ? H - last_col : VW;
 }
 
-/* rows [r0, r0 + rows) of x, the block being worked on, packed for the forward GEMM: k-major
- * tiles of `mr` rows, K = H + 1 with a row of ones for the bias */
-static void ISA(lx_pack_x)(const float *x, int H, long r0, int rows, int mr, float *xk) {
-    const int K1 = H + 1;
-    for (int q = 0; q * mr < rows; q++) {
-        const int m = rows - q * mr < mr ? rows - q * mr : mr;
-        float *dst = xk + (long)q * mr * K1;
-        for (int i = 0; i < m; i++) {
-            const float *src = x + (r0 + q * mr + i) * (long)H;
-            for (int k = 0; k < H; k++) dst[(long)k * m + i] = src[k];
-            dst[(long)H * m + i] = 1.0f;
-        }
-    }
-}
-
-/* exp(z - max) in place over n floats, max (NaN wins) returned in *mx; returns the sum */
-static float ISA(lx_row_exp)(float *zr, long n, float *mx_out) {
-    vf vmax = BC(-INFINITY);
-    long j = 0;
-    for (; j + VW <= n; j += VW) {
-        vf v = LD(zr + j);
-        vmax = ISA(select)(v > vmax, v, vmax);
-        vmax = ISA(select)(v != v, v, vmax);
-    }
-    float mx = -INFINITY;
-    for (int l = 0; l < VW; l++) if (vmax[l] > mx || vmax[l] != vmax[l]) { mx = vmax[l]; if (mx != mx) break; }
-    for (; j < n && mx == mx; j++) if (zr[j] > mx || zr[j] != zr[j]) mx = zr[j];
-    vf acc = BC(0.0f);
-    const vf vm = BC(mx);
-    j = 0;
-    for (; j + VW <= n; j += VW) {
-        vf e = ISA(exp_neg)(LD(zr + j) - vm);
-        ISA(st)(zr + j, e);
-        acc += e;
-    }
-    float s = 0.0f;
-    for (int l = 0; l < VW; l++) s += acc[l];
-    for (; j < n; j++) {
-        vf e = ISA(exp_neg)(BC(zr[j] - mx));
-        zr[j] = e[0];
-        s += e[0];
-    }
-    *mx_out = mx;
-    return s;
-}
-
+/* Logits kept transposed: zT[v][r] for the thread's vocabulary rows v and the block's
+ * tokens r, so that every GEMM reads W, x and dW in place (no copy of W), softmax's
+ * reductions over v run down columns, a vector holding VW tokens, and:
+ *   forward  zT = W x^T        A = W rows (IM),        B = x^T of the block (packed, small)
+ *   dW      += gT x            A = gT rows (IM),       B = x rows
+ *   dx      += g W = gT^T W    A = gT (KM: k is v),    B = W rows                        */
 static void ISA(lx_task)(void *argp, int tid, int nth) {
     rk_lx_args *a = (rk_lx_args *)argp;
-    const int H = a->H, V = a->V, K1 = H + 1, grad = a->grad;
+    const int H = a->H, V = a->V, grad = a->grad;
     const long N = a->N;
-    const int nvf = VW == 16 ? 4 : 2, PW = nvf * VW, mr = 6;
-    const int npan = (V + PW - 1) / PW;
-    int p0, p1;
-    ISA(my_chunks)(npan, tid, nth, &p0, &p1);
-    const int v_lo = p0 * PW, v_hi = p1 * PW < V ? p1 * PW : V, Vt = v_hi > v_lo ? v_hi - v_lo : 0;
-    const long Vp = (long)(p1 - p0) * PW;
-    const long Vs = Vp + ((Vp * 4) % 4096 == 0 ? VW : 0); /* rows of a block 4 KiB apart share L1 sets */
+    const int nvf = VW == 16 ? 4 : 2, PW = nvf * VW, mr = 6, UNIT = 16;
+    const int nunits = (V + UNIT - 1) / UNIT;
+    int u0, u1;
+    ISA(my_chunks)(nunits, tid, nth, &u0, &u1);
+    const int v_lo = u0 * UNIT < V ? u0 * UNIT : V, v_hi = u1 * UNIT < V ? u1 * UNIT : V, Vt = v_hi - v_lo;
+    const int R = a->rows; /* tokens a block, a multiple of VW */
+    const long Rs = R + ((R * 4) % 4096 == 0 ? VW : 0); /* zT rows 4 KiB apart would share L1 sets */
     const int nvec = (H + VW - 1) / VW, Hpad = nvec * VW, nhp = (nvec + nvf - 1) / nvf;
-    const int R = a->rows;
-    /* scratch: packed W^T panels (+ the bias row), the block's logits, its x packed, this
-     * thread's part of dx (N x Hpad) and of the bias gradient */
-    const size_t f_bf = ((size_t)Vp * K1 + 15) / 16 * 16;
-    const size_t f_z = ((size_t)R * Vs + 15) / 16 * 16;
-    const size_t f_xk = ((size_t)R * K1 + 15) / 16 * 16;
+    /* scratch: the block's logits zT (Vt x Rs), its x^T (H x R), per-token scratch (4 x R),
+     * this thread's part of dx (N x Hpad) and of the bias gradient */
+    const size_t f_z = ((size_t)(Vt > 0 ? Vt : 1) * Rs + 15) / 16 * 16;
+    const size_t f_xt = ((size_t)H * R + 15) / 16 * 16;
+    const size_t f_tok = (size_t)4 * R;
     const size_t f_dx = grad ? ((size_t)N * Hpad + 15) / 16 * 16 : 0;
-    const size_t f_db = grad ? ((size_t)Vp + 15) / 16 * 16 : 0;
-    float *Bf = rk_scratch(a->scratch, tid, (f_bf + f_z + f_xk + f_dx + f_db) * sizeof(float));
+    const size_t f_db = grad ? ((size_t)Vt + 15) / 16 * 16 : 0;
+    float *z = rk_scratch(a->scratch, tid, (f_z + f_xt + f_tok + f_dx + f_db) * sizeof(float));
     int sense = 0;
-    if (!Bf) a->failed = 1;
+    if (!z) a->failed = 1;
     rk_barrier_wait(a->barrier, &sense);
     if (a->failed) return;
-    float *z = Bf + f_bf, *xk = z + f_z, *dxp = xk + f_xk, *db = dxp + f_dx;
+    float *xT = z + f_z, *mx = xT + f_xt, *sm = mx + R, *zt = sm + R, *cs = zt + R, *dxp = mx + f_tok, *db = dxp + f_dx;
     a->dxp[tid] = dxp;
-
-    /* pack: Bf panel p holds Bf[k*PW + j] = W[v_lo + p*PW + j][k], row H the bias (0 past V) */
-    for (int p = 0; p < p1 - p0; p++) {
-        float *panel = Bf + (long)p * K1 * PW;
-        for (int j = 0; j < PW; j++) {
-            const int v = v_lo + p * PW + j;
-            float *col = panel + j;
-            if (v < V) {
-                const float *row = a->W + (long)v * H;
-                for (int k = 0; k < H; k++) col[(long)k * PW] = row[k];
-                col[(long)H * PW] = a->bias ? a->bias[v] : 0.0f;
-            } else {
-                for (int k = 0; k <= H; k++) col[(long)k * PW] = 0.0f;
-            }
-        }
-    }
     if (grad)
-        for (long v = 0; v < Vp; v++) db[v] = 0.0f;
+        for (int v = 0; v < Vt; v++) db[v] = 0.0f;
     float *part = a->part; /* (nth, N, 3): local max, local sum of exponentials, target logit */
-    const float rmin = -INFINITY;
 
     for (long r0 = 0; r0 < N; r0 += R) {
         const int rows = N - r0 < R ? (int)(N - r0) : R;
-        const int ntile = (rows + mr - 1) / mr;
-        ISA(lx_pack_x)(a->x, H, r0, rows, mr, xk);
-        /* forward: z[r][v] = x[r] . W[v] + b[v], this thread's vocabulary */
-        for (int p = 0; p < p1 - p0; p++) {
-            const float *panel = Bf + (long)p * K1 * PW;
-            for (int q = 0; q < ntile; q++) {
-                const int m = rows - q * mr < mr ? rows - q * mr : mr;
-                ISA(ftkm_table)[nvf][m](K1, xk + (long)q * mr * K1, m, panel, PW, z + (long)q * mr * Vs + (long)p * PW,
-                                        Vs, VW, 0);
+        const int nvr = (rows + VW - 1) / VW; /* vectors of tokens */
+        const int rpad = nvr * VW;
+        for (int k = 0; k < H; k++) { /* x^T, padded tokens 0 */
+            float *dst = xT + (long)k * R;
+            for (int j = 0; j < rows; j++) dst[j] = a->x[(r0 + j) * H + k];
+            for (int j = rows; j < rpad; j++) dst[j] = 0.0f;
+        }
+        /* forward: zT[v][r] = W[v] . x[r] (the bias comes in the max pass) */
+        for (int v = 0; v < Vt; v += mr) {
+            const int m = Vt - v < mr ? Vt - v : mr;
+            for (int p = 0; p * PW < rows; p++) {
+                const int left = (rpad - p * PW) / VW, nv = left < nvf ? left : nvf;
+                ISA(ftim_table)[nv][m](H, a->W + (long)(v_lo + v) * H, H, xT + p * PW, R, z + (long)v * Rs + p * PW, Rs,
+                                       VW, 0);
             }
         }
-        for (int r = 0; r < rows; r++) {
-            const long row = r0 + r;
-            float *zr = z + (long)r * Vs, mx = rmin, s = 0.0f;
-            const long t = a->targets[row];
-            const float zt = t >= v_lo && t < v_hi ? zr[t - v_lo] : 0.0f;
-            if (Vt > 0) s = ISA(lx_row_exp)(zr, Vt, &mx);
-            float *pr = part + ((long)tid * N + row) * 3;
-            pr[0] = mx; pr[1] = s; pr[2] = zt;
+        /* local softmax, VW tokens a vector: + bias and the max (NaN wins), then exp and sum */
+        for (int j = 0; j < rpad; j++) { mx[j] = -INFINITY; sm[j] = 0.0f; }
+        for (int v = 0; v < Vt; v++) {
+            float *zr = z + (long)v * Rs;
+            const vf b = BC(a->bias ? a->bias[v_lo + v] : 0.0f);
+            for (int j = 0; j < rpad; j += VW) {
+                vf zv = LD(zr + j) + b, m = LD(mx + j);
+                ISA(st)(zr + j, zv);
+                m = ISA(select)(zv > m, zv, m);
+                ISA(st)(mx + j, ISA(select)(zv != zv, zv, m));
+            }
+        }
+        for (int j = 0; j < rows; j++) {
+            const long t = a->targets[r0 + j];
+            zt[j] = t >= v_lo && t < v_hi ? z[(t - v_lo) * Rs + j] : 0.0f;
+        }
+        for (int v = 0; v < Vt; v++) {
+            float *zr = z + (long)v * Rs;
+            for (int j = 0; j < rpad; j += VW) {
+                vf e = ISA(exp_neg)(LD(zr + j) - LD(mx + j));
+                ISA(st)(zr + j, e);
+                ISA(st)(sm + j, LD(sm + j) + e);
+            }
+        }
+        for (int j = 0; j < rows; j++) {
+            float *pr = part + ((long)tid * N + r0 + j) * 3;
+            pr[0] = mx[j]; pr[1] = sm[j]; pr[2] = zt[j];
         }
         rk_barrier_wait(a->barrier, &sense);
-        /* every thread combines the parts of each row; thread 0 writes the loss */
-        for (int r = 0; r < rows; r++) {
-            const long row = r0 + r;
-            const long t = a->targets[row];
+        /* every thread combines the parts of each token; thread 0 writes the loss */
+        for (int j = 0; j < rows; j++) {
+            const long row = r0 + j, t = a->targets[row];
             float M = -INFINITY;
             int nan = 0;
             for (int u = 0; u < nth; u++) {
@@ -713,57 +678,64 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
                 else if (m_u > M) M = m_u;
             }
             double S = 0.0;
-            float zt = 0.0f;
+            float ztt = 0.0f;
             for (int u = 0; u < nth; u++) {
                 const float *pu = part + ((long)u * N + row) * 3;
                 if (pu[1] > 0.0f) S += (double)pu[1] * exp((double)pu[0] - (double)M);
                 int q0, q1;
-                ISA(my_chunks)(npan, u, nth, &q0, &q1);
-                if (t >= (long)q0 * PW && t < (long)q1 * PW) zt = pu[2];
+                ISA(my_chunks)(nunits, u, nth, &q0, &q1);
+                if (t >= (long)q0 * UNIT && t < (long)q1 * UNIT) ztt = pu[2];
             }
             if (nan) M = NAN;
-            if (tid == 0) a->row_loss[row] = log(S) + (double)M - (double)zt;
-            if (!grad || Vt == 0) continue;
-            const float c = (float)((double)a->row_scale[row] * exp((double)part[((long)tid * N + row) * 3] - (double)M) / S);
-            float *zr = z + (long)r * Vs;
-            const vf vc = BC(c);
-            long j = 0;
-            for (; j + VW <= Vt; j += VW) {
-                vf g = LD(zr + j) * vc;
-                ISA(st)(zr + j, g);
-                ISA(st)(db + j, LD(db + j) + g);
-            }
-            for (; j < Vt; j++) { zr[j] *= c; db[j] += zr[j]; }
-            if (t >= v_lo && t < v_hi) {
-                zr[t - v_lo] -= a->target_scale[row];
-                db[t - v_lo] -= a->target_scale[row];
-            }
+            if (tid == 0) a->row_loss[row] = log(S) + (double)M - (double)ztt;
+            if (grad) cs[j] = (float)((double)a->row_scale[row] * exp((double)mx[j] - (double)M) / S);
         }
         if (!grad) continue;
-        /* dW[v][h] += sum_r g[r][v] x[r][h]: A = the block's g (k-major: k is the row), B = x */
+        for (int j = rows; j < rpad; j++) cs[j] = 0.0f; /* padded tokens: no gradient */
+        /* g = c * e - target_scale at the target, in place; db[v] += sum over tokens */
+        for (int v = 0; v < Vt; v++) {
+            float *zr = z + (long)v * Rs;
+            vf acc = BC(0.0f);
+            for (int j = 0; j < rpad; j += VW) {
+                vf g = LD(zr + j) * LD(cs + j);
+                ISA(st)(zr + j, g);
+                acc += g;
+            }
+            float s = 0.0f;
+            for (int l = 0; l < VW; l++) s += acc[l];
+            db[v] += s;
+        }
+        for (int j = 0; j < rows; j++) {
+            const long t = a->targets[r0 + j];
+            if (t >= v_lo && t < v_hi) {
+                z[(t - v_lo) * Rs + j] -= a->target_scale[r0 + j];
+                db[t - v_lo] -= a->target_scale[r0 + j];
+            }
+        }
+        /* dW[v][h] += sum_r gT[v][r] x[r][h] */
         for (int v = 0; v < Vt; v += mr) {
             const int m = Vt - v < mr ? Vt - v : mr;
             for (int q = 0; q < nhp; q++) {
                 int nv, nlast;
                 ISA(lx_panel)(H, nvf, q, &nv, &nlast);
                 const int h0 = q * nvf * VW;
-                ISA(ftkm_table)[nv][m](rows, z + v, Vs, a->x + r0 * H + h0, H, a->dW + (long)(v_lo + v) * H + h0, H,
-                                       nlast, 1);
+                ISA(ftim_table)[nv][m](rows, z + (long)v * Rs, Rs, a->x + r0 * H + h0, H, a->dW + (long)(v_lo + v) * H + h0,
+                                       H, nlast, 1);
             }
         }
-        /* dx[r] (this thread's part) = sum_v g[r][v] W[v]: A = g rows (i-major), B = W, k in chunks */
+        /* dx[r] (this thread's part) = sum_v gT[v][r] W[v], v in chunks */
         const int KC = 256;
         if (Vt == 0)
-            for (int r = 0; r < rows; r++) memset(dxp + (r0 + r) * Hpad, 0, (size_t)Hpad * sizeof(float));
+            for (int j = 0; j < rows; j++) memset(dxp + (r0 + j) * Hpad, 0, (size_t)Hpad * sizeof(float));
         for (int k0 = 0; k0 < Vt; k0 += KC) {
             const int kc = Vt - k0 < KC ? Vt - k0 : KC;
             for (int q = 0; q < nhp; q++) {
                 int nv, nlast;
                 ISA(lx_panel)(H, nvf, q, &nv, &nlast);
                 const int h0 = q * nvf * VW;
-                for (int rt = 0; rt < ntile; rt++) {
+                for (int rt = 0; rt * mr < rows; rt++) {
                     const int m = rows - rt * mr < mr ? rows - rt * mr : mr;
-                    ISA(ftim_table)[nv][m](kc, z + (long)rt * mr * Vs + k0, Vs, a->W + (long)(v_lo + k0) * H + h0, H,
+                    ISA(ftkm_table)[nv][m](kc, z + (long)k0 * Rs + rt * mr, Rs, a->W + (long)(v_lo + k0) * H + h0, H,
                                            dxp + (r0 + rt * mr) * Hpad + h0, Hpad, nlast, k0 > 0);
                 }
             }

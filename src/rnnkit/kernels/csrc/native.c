@@ -453,20 +453,20 @@ RK_EXPORT int rk_softmax_backward(float *probs, long N, long V, const long *targ
  * The output layer and softmax cross-entropy in one pass (cells_isa.h, "fused linear +
  * softmax CE"): row_loss (N,) float64; with grad, dx (N, H) is written and dW (V, H), db (V,)
  * (db NULL: no bias) accumulated, for g = row_scale[r] * softmax(z_r) - target_scale[r] *
- * onehot(t_r). bias may be NULL. rows: rows per block (a multiple of 6; 0 chooses). */
+ * onehot(t_r). bias may be NULL. rows: tokens per block (a multiple of 16; 0 chooses). */
 RK_EXPORT int rk_linear_xent(long N, int H, int V, const float *x, const float *W, const float *bias,
                              const long *targets, const float *row_scale, const float *target_scale,
                              double *row_loss, float *dx, float *dW, float *db, int rows, int nth) {
     if (rk_isa() == 0) return -2;
     if (N <= 0) return 0;
     int n = nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth < 1 ? 1 : nth;
-    if (rows <= 0) { /* 96 rows (measured best on S and its neighbours), fewer where a block's
-                      * logits would exceed 8 MiB a thread */
-        long vt = (long)V / n + 64;
-        rows = (int)((8L << 20) / 4 / vt) / 6 * 6;
-        rows = rows < 6 ? 6 : rows > 96 ? 96 : rows;
+    if (rows <= 0) { /* 128 tokens (measured on S and M), fewer where a block's logits would
+                      * exceed 8 MiB a thread */
+        long vt = (long)V / n + 16;
+        rows = (int)((8L << 20) / 4 / vt) / 16 * 16;
+        rows = rows < 16 ? 16 : rows > 128 ? 128 : rows;
     }
-    rows = (rows + 5) / 6 * 6;
+    rows = (rows + 15) / 16 * 16;
     float *part = (float *)malloc((size_t)RK_MAX_THREADS * (size_t)N * 3 * sizeof(float));
     float *db_scratch = NULL;
     if (!part) return -1;
