@@ -589,7 +589,7 @@ static inline void ISA(lx_panel)(int H, int nvf, int q, int *nv, int *nlast) {
  * reductions over v run down columns, a vector holding VW tokens, and:
  *   forward  zT = W x^T        A = W rows (IM),        B = x^T of the block (packed, small)
  *   dW      += gT x            A = gT rows (IM),       B = x rows
- *   dx      += g W = gT^T W    A = gT (KM: k is v),    B = W rows                        */
+ *   dx^T    += W^T gT          A = W (KM: k is v),     B = gT rows (tokens)              */
 static void ISA(lx_task)(void *argp, int tid, int nth) {
     rk_lx_args *a = (rk_lx_args *)argp;
     const int H = a->H, V = a->V, grad = a->grad;
@@ -601,13 +601,14 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
     const int v_lo = u0 * UNIT < V ? u0 * UNIT : V, v_hi = u1 * UNIT < V ? u1 * UNIT : V, Vt = v_hi - v_lo;
     const int R = a->rows; /* tokens a block, a multiple of VW */
     const long Rs = R + ((R * 4) % 4096 == 0 ? VW : 0); /* zT rows 4 KiB apart would share L1 sets */
-    const int nvec = (H + VW - 1) / VW, Hpad = nvec * VW, nhp = (nvec + nvf - 1) / nvf;
+    const int nvec = (H + VW - 1) / VW, nhp = (nvec + nvf - 1) / nvf;
+    const long Ns0 = (N + VW - 1) / VW * VW, Ns = Ns0 + ((Ns0 * 4) % 4096 == 0 ? VW : 0);
     /* scratch: the block's logits zT (Vt x Rs), its x^T (H x R), per-token scratch (4 x R),
-     * this thread's part of dx (N x Hpad) and of the bias gradient */
+     * this thread's part of dx^T (H x Ns) and of the bias gradient */
     const size_t f_z = ((size_t)(Vt > 0 ? Vt : 1) * Rs + 15) / 16 * 16;
     const size_t f_xt = ((size_t)H * R + 15) / 16 * 16;
     const size_t f_tok = (size_t)4 * R;
-    const size_t f_dx = grad ? ((size_t)N * Hpad + 15) / 16 * 16 : 0;
+    const size_t f_dx = grad ? ((size_t)H * Ns + 15) / 16 * 16 : 0;
     const size_t f_db = grad ? ((size_t)Vt + 15) / 16 * 16 : 0;
     float *z = rk_scratch(a->scratch, tid, (f_z + f_xt + f_tok + f_dx + f_db) * sizeof(float));
     int sense = 0;
@@ -616,8 +617,10 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
     if (a->failed) return;
     float *xT = z + f_z, *mx = xT + f_xt, *sm = mx + R, *zt = sm + R, *cs = zt + R, *dxp = mx + f_tok, *db = dxp + f_dx;
     a->dxp[tid] = dxp;
-    if (grad)
+    if (grad) {
         for (int v = 0; v < Vt; v++) db[v] = 0.0f;
+        if (Vt == 0) memset(dxp, 0, (size_t)H * Ns * sizeof(float)); /* no vocabulary: no part of dx */
+    }
     float *part = a->part; /* (nth, N, 3): local max, local sum of exponentials, target logit */
 
     for (long r0 = 0; r0 < N; r0 += R) {
@@ -723,20 +726,17 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
                                        H, nlast, 1);
             }
         }
-        /* dx[r] (this thread's part) = sum_v gT[v][r] W[v], v in chunks */
+        /* dx^T[h][r] (this thread's part) = sum_v W[v][h] gT[v][r], v in chunks: H is the
+         * tile's rows (6 at a time), the tokens its vectors, so no lane is wasted on H's tail */
         const int KC = 256;
-        if (Vt == 0)
-            for (int j = 0; j < rows; j++) memset(dxp + (r0 + j) * Hpad, 0, (size_t)Hpad * sizeof(float));
         for (int k0 = 0; k0 < Vt; k0 += KC) {
             const int kc = Vt - k0 < KC ? Vt - k0 : KC;
-            for (int q = 0; q < nhp; q++) {
-                int nv, nlast;
-                ISA(lx_panel)(H, nvf, q, &nv, &nlast);
-                const int h0 = q * nvf * VW;
-                for (int rt = 0; rt * mr < rows; rt++) {
-                    const int m = rows - rt * mr < mr ? rows - rt * mr : mr;
-                    ISA(ftkm_table)[nv][m](kc, z + (long)k0 * Rs + rt * mr, Rs, a->W + (long)(v_lo + k0) * H + h0, H,
-                                           dxp + (r0 + rt * mr) * Hpad + h0, Hpad, nlast, k0 > 0);
+            for (int h = 0; h < H; h += mr) {
+                const int m = H - h < mr ? H - h : mr;
+                for (int p = 0; p * PW < rows; p++) {
+                    const int left = (rpad - p * PW) / VW, nv = left < nvf ? left : nvf;
+                    ISA(ftkm_table)[nv][m](kc, a->W + (long)(v_lo + k0) * H + h, H, z + (long)k0 * Rs + p * PW, Rs,
+                                           dxp + (long)h * Ns + r0 + p * PW, Ns, VW, k0 > 0);
                 }
             }
         }
@@ -745,14 +745,12 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
     for (int v = 0; v < Vt; v++) a->db[v_lo + v] += db[v];
     rk_barrier_wait(a->barrier, &sense); /* every thread's dx part is complete */
     const long n0 = N * tid / nth, n1 = N * (tid + 1) / nth;
-    for (long row = n0; row < n1; row++) {
-        float *out = a->dx + row * H;
-        for (int h = 0; h < H; h++) {
+    for (int h = 0; h < H; h++)
+        for (long row = n0; row < n1; row++) {
             float s = 0.0f;
-            for (int u = 0; u < nth; u++) s += a->dxp[u][row * Hpad + h];
-            out[h] = s;
+            for (int u = 0; u < nth; u++) s += a->dxp[u][h * Ns + row];
+            a->dx[row * H + h] = s;
         }
-    }
 }
 
 #undef vf
