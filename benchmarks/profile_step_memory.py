@@ -9,8 +9,10 @@ cross-entropy, SGD, clip 0.25) at config S, M or C and runs ``--steps`` training
 printing after every phase the resident set and its high-water mark above the resident set
 just before the build (``/proc/self/status``; the high-water is reset first through
 ``/proc/self/clear_refs``, Linux only), and tracemalloc's peak of the NumPy allocations.
-``--chunk-mib`` is ``linear_cross_entropy``'s block bound; ``--unfused`` runs
-``Linear`` + ``SoftmaxCrossEntropy`` instead (the whole logits at once). ``--ab N`` times
+``--chunk-mib`` is ``linear_cross_entropy``'s block bound for its BLAS row blocks, which
+run where its native kernel does not (the native kernel takes float32 vocabularies >= 1024
+with H <= 1024, so S and M; ``--blas-blocks`` makes S and M take the row blocks too);
+``--unfused`` runs ``Linear`` + ``SoftmaxCrossEntropy`` instead (the whole logits at once). ``--ab N`` times
 instead: N whole training steps of each path, alternating in one process (the order swaps
 every round), and prints the medians. The figures of
 benchmarks/RESULTS.md, section "Fused output layer and loss", came from this script.
@@ -24,9 +26,9 @@ import tracemalloc
 
 import numpy as np
 
-from rnnkit import optim
+from rnnkit import kernels, optim
 from rnnkit.bench import CONFIGS, _reset_peak_rss, _rss_kib
-from rnnkit.layers import GRU, LSTM, RNN, Embedding, Layer, Linear, SoftmaxCrossEntropy, linear_cross_entropy
+from rnnkit.layers import GRU, LSTM, RNN, Embedding, Layer, Linear, SoftmaxCrossEntropy, linear_cross_entropy, losses
 
 
 def main(argv=None) -> int:
@@ -35,12 +37,16 @@ def main(argv=None) -> int:
     parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"])
     parser.add_argument("--chunk-mib", type=float, default=16.0, help="linear_cross_entropy's block bound, MiB")
     parser.add_argument("--unfused", action="store_true", help="Linear + SoftmaxCrossEntropy, the whole logits")
+    parser.add_argument("--blas-blocks", action="store_true",
+                        help="linear_cross_entropy's BLAS row blocks even where its native kernel would run")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--ab", type=int, default=0, metavar="N", help="time N steps of fused and unfused, alternating")
     args = parser.parse_args(argv)
     if args.chunk_mib <= 0 or args.steps < 1:
         parser.error(f"--chunk-mib {args.chunk_mib} and --steps {args.steps}; expected both > 0")
     V, D, H, L, B, T = CONFIGS[args.config]
+    if args.blas_blocks:
+        losses.NATIVE_MAX_HIDDEN = -1
     rnn_class = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[args.cell]
     rng = np.random.default_rng(0)
     ids, targets = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
@@ -56,7 +62,7 @@ def main(argv=None) -> int:
 
     if args.ab:
         return _ab(args, V, D, H, L, rnn_class, ids, targets)
-    print(f"{args.config}/{args.cell}, {'unfused' if args.unfused else f'fused, blocks <= {args.chunk_mib:g} MiB'}")
+    print(f"{args.config}/{args.cell}, {'unfused' if args.unfused else 'fused, ' + _fused_path(V, H, args.chunk_mib)}")
     print("| phase | resident MiB | high-water MiB | traced peak MiB |\n|---|---|---|---|")
     tracemalloc.start()
     model, opt = _build(V, D, H, L, rnn_class, rng, lr=1.0)
@@ -65,6 +71,13 @@ def main(argv=None) -> int:
         _train_step(model, opt, ids, targets, not args.unfused, args.chunk_mib,
                     lambda phase, step=step: mark(f"step {step}: {phase}"))
     return 0
+
+
+def _fused_path(V: int, H: int, chunk_mib: float) -> str:
+    """Which of linear_cross_entropy's two paths the benchmark's float32 model takes."""
+    if kernels.native.available() and V >= losses.NATIVE_MIN_VOCAB and H <= losses.NATIVE_MAX_HIDDEN:
+        return "native kernel"
+    return f"blocks <= {chunk_mib:g} MiB"
 
 
 def _build(V, D, H, L, rnn_class, rng, lr):
@@ -110,7 +123,7 @@ def _ab(args, V, D, H, L, rnn_class, ids, targets) -> int:
             step(fused)
             times[fused].append(time.perf_counter() - t0)
     f, u = (1e3 * float(np.median(times[k])) for k in (True, False))
-    print(f"{args.config}/{args.cell}: fused (blocks <= {args.chunk_mib:g} MiB) {f:.1f} ms, unfused {u:.1f} ms "
+    print(f"{args.config}/{args.cell}: fused ({_fused_path(V, H, args.chunk_mib)}) {f:.1f} ms, unfused {u:.1f} ms "
           f"per step, median of {args.ab} each; fused/unfused {f / u:.3f}")
     return 0
 

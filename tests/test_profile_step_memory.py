@@ -19,7 +19,7 @@ def _module():
     return module
 
 
-@pytest.mark.parametrize("extra", [[], ["--unfused"], ["--chunk-mib", "0.01"]])
+@pytest.mark.parametrize("extra", [[], ["--unfused"], ["--chunk-mib", "0.01"], ["--blas-blocks"]])
 def test_prints_every_phase_of_every_step(extra):
     # a fresh process, as the script is meant to run: in this one, freed memory of earlier
     # tests would hold the model without the resident set growing
