@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     if args.ab:
         return _ab(args, V, D, H, L, rnn_class, ids, targets)
-    print(f"{args.config}/{args.cell}, {'unfused' if args.unfused else 'fused, ' + _fused_path(V, H, args.chunk_mib)}")
+    print(f"{args.config}/{args.cell}, {'unfused' if args.unfused else 'fused, ' + _fused_path(V, H, B * T, args.chunk_mib)}")
     print("| phase | resident MiB | high-water MiB | traced peak MiB |\n|---|---|---|---|")
     tracemalloc.start()
     model, opt = _build(V, D, H, L, rnn_class, rng, lr=1.0)
@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _fused_path(V: int, H: int, chunk_mib: float) -> str:
+def _fused_path(V: int, H: int, N: int, chunk_mib: float) -> str:
     """Which of linear_cross_entropy's two paths the benchmark's float32 model takes."""
-    if kernels.native.available() and V >= losses.NATIVE_MIN_VOCAB and H <= losses.NATIVE_MAX_HIDDEN:
+    if kernels.native.available() and losses.native_xent_shape(V, H, N):
         return "native kernel"
     return f"blocks <= {chunk_mib:g} MiB"
 
@@ -123,7 +123,7 @@ def _ab(args, V, D, H, L, rnn_class, ids, targets) -> int:
             step(fused)
             times[fused].append(time.perf_counter() - t0)
     f, u = (1e3 * float(np.median(times[k])) for k in (True, False))
-    print(f"{args.config}/{args.cell}: fused ({_fused_path(V, H, args.chunk_mib)}) {f:.1f} ms, unfused {u:.1f} ms "
+    print(f"{args.config}/{args.cell}: fused ({_fused_path(V, H, ids.size, args.chunk_mib)}) {f:.1f} ms, unfused {u:.1f} ms "
           f"per step, median of {args.ab} each; fused/unfused {f / u:.3f}")
     return 0
 

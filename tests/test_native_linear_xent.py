@@ -142,8 +142,8 @@ def test_refuses_wrong_arrays():
 
 
 def test_linear_cross_entropy_takes_the_kernel_where_it_should():
-    """float32, vocabulary >= NATIVE_MIN_VOCAB, hidden size <= NATIVE_MAX_HIDDEN: the
-    kernel; otherwise the row blocks through the BLAS. Both give the unfused layers' figures
+    """float32, vocabulary >= NATIVE_MIN_VOCAB, within the hidden size and row bounds:
+    the kernel; otherwise the row blocks through the BLAS. Both give the unfused layers' figures
     (``test_linear_cross_entropy.py``); here: which one runs."""
     calls = []
     real = native.linear_xent
@@ -153,17 +153,20 @@ def test_linear_cross_entropy_takes_the_kernel_where_it_should():
         return real(*args, **kwargs)
 
     rng = np.random.default_rng(9)
-    cases = [((2000, 32), np.float32, True), ((500, 32), np.float32, False), ((2000, 32), np.float64, False),
-             ((1024, losses.NATIVE_MAX_HIDDEN + 1), np.float32, False), ((1024, 650), np.float32, True)]
+    many = losses.NATIVE_MAX_ROWS + 1
+    cases = [((2000, 32, 15), np.float32, True), ((500, 32, 15), np.float32, False),
+             ((2000, 32, 15), np.float64, False), ((1024, losses.NATIVE_MAX_HIDDEN + 1, 15), np.float32, False),
+             ((1024, 650, 15), np.float32, True), ((1024, losses.NATIVE_ANY_ROWS_HIDDEN, many), np.float32, True),
+             ((1024, losses.NATIVE_ANY_ROWS_HIDDEN + 1, many), np.float32, False)]
     try:
         native.linear_xent = spy
-        for (V, H), dtype, expected in cases:
+        for (V, H, N), dtype, expected in cases:
             linear = Linear(H, V, dtype=dtype, seed=1)
-            x = rng.standard_normal((3, 5, H)).astype(dtype)
+            x = rng.standard_normal((N, H)).astype(dtype)
             calls.clear()
             with kernels.using("native"):
-                linear_cross_entropy(linear, x, rng.integers(0, V, (3, 5)))
-            assert bool(calls) == expected, (V, H, dtype)
+                linear_cross_entropy(linear, x, rng.integers(0, V, N))
+            assert bool(calls) == expected, (V, H, N, dtype)
     finally:
         native.linear_xent = real
 

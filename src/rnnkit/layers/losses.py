@@ -117,10 +117,15 @@ class SoftmaxCrossEntropy(Layer):
 
 
 CHUNK_BYTES = 16 << 20  # linear_cross_entropy's logits block; 2 blocks for the benchmark's M (700 x 10000)
-# The native fused kernel (kernels.native.linear_xent) takes float32 vocabularies of at least
-# NATIVE_MIN_VOCAB (enough rows of W to share among the threads) and hidden sizes up to
-# NATIVE_MAX_HIDDEN (its tiles read W's rows whole; at H 2048 OpenBLAS's blocked GEMMs
-# were faster, at 650 and 1024 as fast, below faster: benchmarks/RESULTS.md).
+# Where the native fused kernel (kernels.native.linear_xent) runs, from measurements on one
+# 2-core machine (benchmarks/RESULTS.md, "The output layer in one native kernel"): float32
+# vocabularies of at least NATIVE_MIN_VOCAB (enough rows of W to share among the threads);
+# any number of rows up to H = NATIVE_ANY_ROWS_HIDDEN (0.68-0.78x the time of the BLAS
+# row blocks at H 100-200); above it only up to NATIVE_MAX_ROWS rows (dW is read and
+# written once per 128 rows: at 4096 rows and H 512 the BLAS blocks were 3-8 % faster) and
+# H = NATIVE_MAX_HIDDEN (its tiles read W's rows whole: 1.10x at H 2048).
+NATIVE_ANY_ROWS_HIDDEN = 256
+NATIVE_MAX_ROWS = 1024
 NATIVE_MAX_HIDDEN = 1024
 NATIVE_MIN_VOCAB = 1024
 
@@ -153,8 +158,9 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     memory bound. ``mask`` and ``ignore_index`` count positions as in
     :class:`SoftmaxCrossEntropy`. Returns ``(loss, count, dx)``.
 
-    With the native kernels, float32, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and a
-    hidden size of at most ``NATIVE_MAX_HIDDEN`` (the benchmark's S and M), the whole pass
+    With the native kernels, float32, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and the
+    hidden sizes and row counts where it measured faster (the ``NATIVE_*`` bounds; the
+    benchmark's S and M), the whole pass
     is one C kernel (:func:`rnnkit.kernels.native.linear_xent`): the threads split the
     vocabulary and take the tokens in blocks of 128 whose logits stay in cache from the GEMM
     that makes them to the two that consume them, reading W, x and the gradients in place.
@@ -201,13 +207,18 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
 
 
+def native_xent_shape(V: int, H: int, N: int) -> bool:
+    """True for the shapes (vocabulary, hidden size, rows) where ``linear_cross_entropy``
+    runs the native kernel (given float32 NumPy arrays it can take): the ``NATIVE_*`` bounds."""
+    return V >= NATIVE_MIN_VOCAB and H <= NATIVE_MAX_HIDDEN and (H <= NATIVE_ANY_ROWS_HIDDEN or N <= NATIVE_MAX_ROWS)
+
+
 def _native_xent(linear: Linear, x2) -> bool:
     """True where :func:`linear_cross_entropy` runs the native fused kernel: float32 NumPy
-    arrays it takes as they are, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and a hidden
-    size of at most ``NATIVE_MAX_HIDDEN``."""
+    arrays it takes as they are and the shapes where it was measured faster (the
+    ``NATIVE_*`` bounds above)."""
     W = linear.params["weight"]
-    V, H = W.shape
-    if V < NATIVE_MIN_VOCAB or H > NATIVE_MAX_HIDDEN:
+    if not native_xent_shape(*W.shape, x2.shape[0]):
         return False
     return kernels.native_for(W, x2, linear.params.get("bias"), linear.grads["weight"],
                               linear.grads.get("bias"), min_size=0)
