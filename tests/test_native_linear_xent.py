@@ -199,3 +199,29 @@ def test_language_model_step_matches_the_numpy_kernels(tie):
     assert got == pytest.approx(want, rel=1e-5)
     for (name, _, g_want), (_, _, g_got) in zip(model.named_parameters(), twin.named_parameters()):
         np.testing.assert_allclose(g_got, g_want, rtol=1e-3, atol=1e-6 * float(np.abs(g_want).max()), err_msg=name)
+
+
+def test_two_python_threads_at_once_are_both_right():
+    """The pool serves one caller; a concurrent second one runs alone, with its own scratch."""
+    import threading
+
+    _, x, W, b, t, rs, ts = _case(300, 100, 4000, seed=10)
+    want = _reference(x, W, b, t, rs, ts)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(4):
+                results.append(_run(x, W, b, t, rs, ts))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors and len(results) == 8
+    for got in results:
+        for name, g, w in zip(("loss", "dx", "dW", "db"), got, want):
+            _assert_close(g, w, name)

@@ -467,7 +467,7 @@ RK_EXPORT int rk_linear_xent(long N, int H, int V, const float *x, const float *
         rows = rows < 16 ? 16 : rows > 128 ? 128 : rows;
     }
     rows = (rows + 15) / 16 * 16;
-    float *part = (float *)malloc((size_t)RK_MAX_THREADS * (size_t)N * 3 * sizeof(float));
+    float *part = (float *)malloc((size_t)n * (size_t)N * 3 * sizeof(float)); /* run_cell_task runs <= n threads */
     float *db_scratch = NULL;
     if (!part) return -1;
     const int grad = dx != NULL;
