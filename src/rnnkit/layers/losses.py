@@ -160,12 +160,12 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
 
     With the native kernels, float32, a vocabulary of at least ``NATIVE_MIN_VOCAB`` and the
     hidden sizes and row counts where it measured faster (the ``NATIVE_*`` bounds; the
-    benchmark's S and M), the whole pass
-    is one C kernel (:func:`rnnkit.kernels.native.linear_xent`): the threads split the
-    vocabulary and take the tokens in blocks of 128 whose logits stay in cache from the GEMM
-    that makes them to the two that consume them, reading W, x and the gradients in place.
-    It keeps its own blocks (at most 8 MiB of logits a thread), so ``chunk_bytes`` does not
-    apply there; the result is the same to float32 rounding.
+    benchmark's S and M), the whole pass is one C kernel
+    (:func:`rnnkit.kernels.native.linear_xent`): the threads split the vocabulary and take
+    the tokens in blocks of 128 whose logits stay in cache from the GEMM that makes them to
+    the two that consume them, reading W, x and the gradients in place. It keeps its own
+    blocks (at most 8 MiB of logits a thread), so ``chunk_bytes`` does not apply there; the
+    result is the same to float32 rounding.
     """
     if not isinstance(linear, Linear):
         raise TypeError(f"linear is a {type(linear).__name__}; expected an rnnkit Linear layer")
@@ -226,7 +226,7 @@ def _native_xent(linear: Linear, x2) -> bool:
 
 def _linear_xent_native(linear: Linear, x, x2, t, valid, all_valid: bool, count: int, scale: float,
                         grad: bool) -> LinearCrossEntropyResult:
-    N, H = x2.shape
+    N = x2.shape[0]
     dx = row_scale = None
     if grad:
         dx = np.empty_like(x2)

@@ -303,7 +303,7 @@ typedef struct {
     double *row_loss;                   /* (N,): -log softmax(z)[target] */
     float *dx, *dW, *db;                /* (N, H) written; (V, H) and (V,) accumulated (grad only) */
     float *part;                        /* (nth, N, 3) exchanged per row: local max, sum, target logit */
-    float *dxp[RK_MAX_THREADS];         /* each thread's part of dx, in its scratch */
+    float *dxp[RK_MAX_THREADS];         /* each thread's part of dx^T (H x N), in its scratch */
     rk_barrier *barrier;
     rk_scratch_t *scratch;
     _Atomic int failed;
