@@ -11,13 +11,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 from rnnkit import GRU, LSTM, RNN, SoftmaxCrossEntropy, kernels
 from rnnkit.kernels import native
+from native_helpers import native_settings, run_in_two_threads
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
 
@@ -31,12 +31,7 @@ ISAS = ["avx512", "avx2"] if native.isa() == "avx512" else [native.isa()]
 def run_layer(kernel, cls, kw, B, T, D, H, mask=None, bidirectional=False, num_layers=2, threads=None,
               isa=None, x_scale=3.0, seed=3):
     """Forward + backward of a fresh layer; returns [y, dx, h_n (, c_n), every grad]."""
-    env_before = os.environ.get("RNNKIT_NUM_THREADS")
-    if threads is not None:
-        os.environ["RNNKIT_NUM_THREADS"] = str(threads)
-    if isa is not None and kernel == "native":
-        native.force_isa(isa)
-    try:
+    with native_settings(threads, isa if kernel == "native" else None):
         with kernels.using(kernel):
             rng = np.random.default_rng(seed)
             layer = cls(D, H, num_layers=num_layers, bidirectional=bidirectional, dtype=np.float32, seed=1, **kw)
@@ -49,13 +44,6 @@ def run_layer(kernel, cls, kw, B, T, D, H, mask=None, bidirectional=False, num_l
             states = list(state) if isinstance(state, tuple) else [state]
             d0 = layer.dstate0 if isinstance(layer.dstate0, tuple) else (layer.dstate0,)
             return [y, dx] + states + list(d0) + [g.copy() for _, _, g in layer.named_parameters()]
-    finally:
-        native.force_isa(None)
-        if threads is not None:
-            if env_before is None:
-                os.environ.pop("RNNKIT_NUM_THREADS", None)
-            else:
-                os.environ["RNNKIT_NUM_THREADS"] = env_before
 
 
 def assert_close(got, want, rtol=2e-5):
@@ -140,21 +128,7 @@ def test_nan_propagates_instead_of_being_swallowed():
 def test_two_python_threads_at_once_are_both_right():
     """The pool serves one caller; a second, concurrent one runs alone and is still right."""
     want = run_layer("reference", LSTM, {}, 8, 16, 8, 64, num_layers=1)
-    results, errors = [], []
-
-    def work():
-        try:
-            for _ in range(3):
-                results.append(run_layer("native", LSTM, {}, 8, 16, 8, 64, num_layers=1))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and len(results) == 6
+    results = run_in_two_threads(lambda: run_layer("native", LSTM, {}, 8, 16, 8, 64, num_layers=1), repeats=3)
     for got in results:
         assert_close(got, want)
 
@@ -225,11 +199,8 @@ def test_sum_of_squares_is_the_float64_sum_for_any_thread_count():
     exact = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
     sums = []
     for threads in ("1", "2", "5"):
-        os.environ["RNNKIT_NUM_THREADS"] = threads
-        try:
+        with native_settings(threads):
             sums.append(native.sum_squares(x))
-        finally:
-            os.environ.pop("RNNKIT_NUM_THREADS")
     assert sums[0] == pytest.approx(exact, rel=1e-12)
     assert sums[0] == sums[1] == sums[2]
 

@@ -11,7 +11,6 @@ threads, both instruction sets. ``linear_cross_entropy`` itself (which selects t
 kernel for float32 and big vocabularies) is checked against the unfused layers in
 ``test_linear_cross_entropy.py``.
 """
-import os
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from rnnkit import kernels
 from rnnkit.kernels import native
 from rnnkit.layers import Linear, linear_cross_entropy
 from rnnkit.layers import losses
+from native_helpers import native_settings, run_in_two_threads
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
 
@@ -51,24 +51,12 @@ def _case(N, H, V, seed=0, bias=True, scale_x=1.0):
 
 
 def _run(x, W, b, t, row_scale, target_scale, rows=0, threads=None, isa=None, dW0=None, db0=None):
-    env_before = os.environ.get("RNNKIT_NUM_THREADS")
-    if threads is not None:
-        os.environ["RNNKIT_NUM_THREADS"] = str(threads)
-    if isa is not None:
-        native.force_isa(isa)
-    try:
+    with native_settings(threads, isa):
         dx = np.full_like(x, np.nan)  # written, never read
         dW = np.zeros_like(W) if dW0 is None else dW0.copy()
         db = None if b is None else (np.zeros_like(b) if db0 is None else db0.copy())
         loss = native.linear_xent(x, W, b, t, row_scale, target_scale, dx, dW, db, rows=rows)
         return loss, dx, dW, db
-    finally:
-        native.force_isa(None)
-        if threads is not None:
-            if env_before is None:
-                os.environ.pop("RNNKIT_NUM_THREADS", None)
-            else:
-                os.environ["RNNKIT_NUM_THREADS"] = env_before
 
 
 def _assert_close(got, want, name):
@@ -203,25 +191,8 @@ def test_language_model_step_matches_the_numpy_kernels(tie):
 
 def test_two_python_threads_at_once_are_both_right():
     """The pool serves one caller; a concurrent second one runs alone, with its own scratch."""
-    import threading
-
     _, x, W, b, t, rs, ts = _case(300, 100, 4000, seed=10)
     want = _reference(x, W, b, t, rs, ts)
-    results, errors = [], []
-
-    def work():
-        try:
-            for _ in range(4):
-                results.append(_run(x, W, b, t, rs, ts))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not errors and len(results) == 8
-    for got in results:
+    for got in run_in_two_threads(lambda: _run(x, W, b, t, rs, ts), repeats=4):
         for name, g, w in zip(("loss", "dx", "dW", "db"), got, want):
             _assert_close(g, w, name)
