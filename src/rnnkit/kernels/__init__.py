@@ -6,8 +6,11 @@
 - ``native``: the whole time loop of a layer in C (``native``, ``csrc/native.c``): each
   thread owns some hidden units, computes their gates from ``W_hh`` packed once per
   sequence and applies the cell right there. Float32 on NumPy arrays only; everything
-  else (float64 gradient checks, CuPy, single steps) runs ``fused``. Checked against the
-  reference to float32 rounding, not bit for bit (its tanh is its own polynomial).
+  else on the CPU (float64 gradient checks, single steps) runs ``fused``. Checked against
+  the reference to float32 rounding, not bit for bit (its tanh is its own polynomial).
+- ``cuda``: on CuPy arrays, each step's pointwise math as one CUDA kernel
+  (``cuda_cells.cu``), whichever of ``native`` and ``fused`` is selected (``reference``
+  keeps the reference there too).
 
 ``native`` is the default where it was built and the CPU has AVX-512 or AVX2 (see
 ``native.available()``), else ``fused``. The time loop asks at every call, so
@@ -20,7 +23,7 @@ import numpy as _np
 
 from .. import backend as _backend
 
-from . import fused, native, pointwise
+from . import cuda, fused, native, pointwise
 
 _POINTWISE = {"native": fused, "fused": fused, "reference": pointwise}
 _selected = "native" if native.available() else "fused"
@@ -54,6 +57,14 @@ def using(name: str):
 
 def active():
     """The pointwise module the NumPy time loop calls (``fused`` or ``pointwise``)."""
+    return _POINTWISE[_selected]
+
+
+def pointwise_for(xp):
+    """The pointwise module the time loop calls for arrays of ``xp``: on CuPy arrays the
+    CUDA kernels (``cuda``) unless the reference is selected, on NumPy ``active()``."""
+    if xp is not _np and _selected != "reference":
+        return cuda
     return _POINTWISE[_selected]
 
 
@@ -91,12 +102,15 @@ def accumulate_matmul(out, a, b) -> None:
     """``out += a @ b`` for a weight gradient, without an ``out``-sized temporary.
 
     With the native kernels selected: one BLAS call with beta = 1 where NumPy's OpenBLAS
-    can take the arrays (``native.gemm_accumulate``). Otherwise (NumPy kernels, CuPy, a
-    layout BLAS cannot take) through a scratch of a few MiB, block by block of rows: a
-    (V, H) gradient of a big output layer would else be a second (V, H) array at the
-    step's peak.
+    can take the arrays (``native.gemm_accumulate``); on CuPy arrays, one cuBLAS call
+    with beta = 1 (``cuda.gemm``). Otherwise (NumPy kernels, a layout BLAS cannot take)
+    through a scratch of a few MiB, block by block of rows: a (V, H) gradient of a big
+    output layer would else be a second (V, H) array at the step's peak.
     """
     if native_active() and native.gemm_accumulate(out, a, b):
+        return
+    if _backend.get_array_module(out) is not _np and out.dtype.char in "fd" and out.flags.c_contiguous:
+        cuda.gemm(a, b, out, beta=1.0)  # cuBLAS with beta = 1: no scratch, one call
         return
     rows = max(1, _ROW_BLOCK_BYTES // max(1, out.itemsize * out.shape[1]))
     if rows >= out.shape[0]:
@@ -111,4 +125,5 @@ def accumulate_matmul(out, a, b) -> None:
         out[start:stop] += block
 
 
-__all__ = ["accumulate_matmul", "active", "fused", "native", "native_active", "native_for", "pointwise", "selected", "use", "using"]
+__all__ = ["accumulate_matmul", "active", "cuda", "fused", "native", "native_active", "native_for", "pointwise",
+           "pointwise_for", "selected", "use", "using"]

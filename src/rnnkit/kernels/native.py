@@ -428,7 +428,7 @@ def gemm_accumulate(out, a, b, alpha: float = 1.0) -> bool:
     where that is not possible (another dtype or layout, or no CBLAS found in NumPy's
     OpenBLAS); the caller then does it in NumPy.
     """
-    if not all(isinstance(x, np.ndarray) and x.ndim == 2 for x in (out, a, b)):
+    if not all(type(x) is np.ndarray and x.ndim == 2 for x in (out, a, b)):  # NumPy's own arrays only
         return False
     if not (out.dtype == a.dtype == b.dtype) or not out.flags.c_contiguous or not out.flags.writeable:
         return False

@@ -11,9 +11,11 @@ The speed tricks of DESIGN.md live here, in one place for all three cells:
 
 A reverse direction runs the same loop over reversed *views* of its inputs.
 
-Two implementations of the loop, one contract: the NumPy loop below (its pointwise math
-from ``kernels.active()``), and, for float32 NumPy sequences of two or more steps, the
-native one (``kernels.native``: the loop, its GEMMs and the cell math in C, threaded).
+Two implementations of the loop, one contract: the array-module loop below (NumPy or
+CuPy; its pointwise math from ``kernels.pointwise_for``: ``fused`` on NumPy, the CUDA
+kernels of ``kernels.cuda`` on CuPy, one launch a step), and, for float32 NumPy
+sequences of two or more steps, the native one (``kernels.native``: the loop, its GEMMs
+and the cell math in C, threaded).
 Both leave the same cache, so either backward follows either forward.
 
 Masks: at a step where ``mask`` is False the state is carried unchanged
@@ -113,6 +115,8 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
         aux = cache.tanh_c if mode == "lstm" else cache.hw_n
         kernels.native.cell_forward(native_mode, cache.gates, np.ascontiguousarray(W_hh), b_x,
                                     b_hh if mode == "gru" else None, Hs, cache.Cs, aux, mask_u8)
+    elif xp is not np and kernels.selected() != "reference" and kernels.cuda.loop_takes(cache, xw):
+        kernels.cuda.forward_loop(cache, xw, b_hh)  # GPU: one GEMM and one kernel a step
     else:
         _forward_loop(cache, xw, b_hh)
 
@@ -126,7 +130,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
 def _forward_loop(c: UnrollCache, xw, b_hh) -> None:
     """The NumPy time loop: per step one ``h_{t-1} W_hh^T`` GEMM and the pointwise kernel."""
     xp = backend.get_array_module(xw)
-    K = kernels.active()
+    K = kernels.pointwise_for(xp)
     T, B, G = xw.shape
     H = c.W_hh.shape[1]
     Hs, m = c.Hs, c.mask
@@ -208,6 +212,8 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         aux = c.tanh_c if c.mode == "lstm" else dHW_n
         dbias = kernels.native.cell_backward(native_mode, dXW, np.ascontiguousarray(c.W_hh), c.Hs, c.Cs, aux,
                                              dy_c, dh, dc, mask_u8, bias_grad=c.has_bias)
+    elif xp is not np and kernels.selected() != "reference" and kernels.cuda.loop_takes(c, dXW):
+        dh, dc = kernels.cuda.backward_loop(c, dXW, dHW_n, dy, dh, dc)
     else:
         dh, dc = _backward_loop(c, dXW, dHW_n, dy, dh, dc)
 
@@ -239,7 +245,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
 def _backward_loop(c: UnrollCache, dXW, dHW_n, dy, dh, dc):
     """The NumPy BPTT loop; writes dXW (and the GRU's dHW_n) in place, returns (dh0, dc0)."""
     xp = backend.get_array_module(dXW)
-    K = kernels.active()
+    K = kernels.pointwise_for(xp)
     T, B, G = dXW.shape
     H = c.W_hh.shape[1]
     m = c.mask

@@ -1,0 +1,255 @@
+"""The cells' pointwise math on the GPU: one CUDA kernel per step (``cuda_cells.cu``).
+
+Two ways in, the same kernels:
+
+- ``lstm_forward`` ... ``rnn_backward``: the functions, arguments and results of
+  ``pointwise`` (the reference) and ``fused``, for CuPy arrays; the generic time loop of
+  ``layers.unroll`` calls them on the GPU (``kernels.pointwise_for``) where a direction
+  has padded steps. Where the reference spends 10-20 array passes on a step, each of
+  these is one launch.
+- ``forward_loop`` / ``backward_loop``: the whole unmasked time loop of one direction,
+  which ``layers.unroll`` runs instead on the GPU: per step one cuBLAS GEMM, written or
+  added (beta = 1) straight into the buffer the next kernel reads, and one kernel that
+  also does the small passes around it (adding ``dy_t``, the GRU's ``b_hh``, ``hw_n`` and
+  direct path). Two launches a step and direction, forward and backward.
+
+Everything is queued on CuPy's current stream, so the time loop never waits for the
+device.
+
+The kernels are compiled on first use, once per dtype (float32, float64), by NVRTC
+through ``cupy.RawModule``. Arrays a kernel cannot take as they are (not C-contiguous,
+mixed dtypes) go to ``fused`` instead, which is the same math in CuPy array calls.
+
+The source is checked without a GPU too: ``tests/test_cuda_kernels.py`` runs these
+wrappers over the same ``.cu`` text compiled for the CPU (a shim that runs the grid in
+a loop) against the reference, and compiles it with nvcc where nvcc is installed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+from . import fused
+
+SOURCE_PATH = Path(__file__).with_name("cuda_cells.cu")
+BLOCK = 256  # threads per block
+MAX_GRID = 4096  # blocks at most; the kernels' grid-stride loops cover any size
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_modules: dict = {}
+
+
+def source() -> str:
+    """The CUDA C++ text of the kernels (``REAL`` is defined at compile time)."""
+    return SOURCE_PATH.read_text()
+
+
+def _kernel(name: str, dtype):
+    """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
+    key = np.dtype(dtype)
+    module = _modules.get(key)
+    if module is None:
+        cp = backend._import_cupy()
+        module = cp.RawModule(code=source(), options=("-std=c++14", f"-DREAL={_CTYPES[key]}"))
+        _modules[key] = module
+    return module.get_function(name)
+
+
+def _launch(name: str, n: int, dtype, args: tuple) -> None:
+    grid = max(1, min(MAX_GRID, -(-n // BLOCK)))
+    _kernel(name, dtype)((grid,), (BLOCK,), args)
+
+
+_OFF = np.int32(0)
+
+
+def _flag(on: bool):
+    return np.int32(1 if on else 0)
+
+
+def _takes(*arrays) -> bool:
+    """True when one kernel call takes these arrays as they are: one float dtype the
+    kernels are built for, every array C-contiguous."""
+    dtype = arrays[0].dtype
+    if np.dtype(dtype) not in _CTYPES:
+        return False
+    return all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
+def _sizes(h, **shapes):
+    """(n, H) for the kernels, from the (B, H) array ``h``, after checking the other
+    arrays' shapes: a kernel indexes its arrays from B and H alone, so a wrong shape
+    would read or write outside an array instead of raising."""
+    B, H = h.shape
+    for name, (array, gates) in shapes.items():
+        expected = (B, gates * H)
+        if tuple(array.shape) != expected:
+            raise ValueError(f"{name} has shape {tuple(array.shape)}; expected {expected}")
+    return np.int64(B * H), np.int64(H)
+
+
+# -------------------------------------------------------------------------- LSTM
+def lstm_forward(A, c_prev, c_out, tanh_c_out, h_out):
+    """Activate the gates in place and advance the cell (contract of ``pointwise.lstm_forward``)."""
+    if not _takes(A, c_prev, c_out, tanh_c_out, h_out):
+        return fused.lstm_forward(A, c_prev, c_out, tanh_c_out, h_out)
+    n, H = _sizes(h_out, A=(A, 4), c_prev=(c_prev, 1), c_out=(c_out, 1), tanh_c_out=(tanh_c_out, 1))
+    _launch("rk_lstm_forward", int(n), A.dtype, (A, c_prev, c_out, tanh_c_out, h_out, n, H))
+    return h_out
+
+
+def lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work=None):
+    """Gradients of one LSTM step (contract of ``pointwise.lstm_backward``); ``dA_out``
+    may be ``gates``; ``work`` is unused."""
+    arrays = (gates, c_prev, tanh_c, dh, dA_out, dc_prev_out) + (() if dc is None else (dc,))
+    if not _takes(*arrays):
+        return fused.lstm_backward(gates, c_prev, tanh_c, dh, dc, dA_out, dc_prev_out, work)
+    n, H = _sizes(dh, gates=(gates, 4), c_prev=(c_prev, 1), tanh_c=(tanh_c, 1), dA_out=(dA_out, 4),
+                  dc_prev_out=(dc_prev_out, 1), **({} if dc is None else {"dc": (dc, 1)}))
+    dc_arg = dh if dc is None else dc  # never read when its flag is 0
+    _launch("rk_lstm_backward", int(n), gates.dtype,
+            (gates, c_prev, tanh_c, dh, dh, _OFF, dc_arg, _flag(dc is not None), dA_out, dc_prev_out, n, H))
+    return dA_out, dc_prev_out
+
+
+# --------------------------------------------------------------------------- GRU
+def gru_forward(xw, hw, h_prev, gates_out, h_out):
+    """One GRU step (contract of ``pointwise.gru_forward``)."""
+    if not _takes(xw, hw, h_prev, gates_out, h_out):
+        return fused.gru_forward(xw, hw, h_prev, gates_out, h_out)
+    n, H = _sizes(h_out, xw=(xw, 3), hw=(hw, 3), h_prev=(h_prev, 1), gates_out=(gates_out, 3))
+    _launch("rk_gru_forward", int(n), xw.dtype, (xw, hw, hw, _OFF, h_prev, gates_out, h_out, h_out, _OFF, n, H))
+    return h_out
+
+
+def gru_backward(gates, hw_n, h_prev, dh, dxw_out, dhw_out):
+    """Gradients of one GRU step (contract of ``pointwise.gru_backward``)."""
+    if not _takes(gates, hw_n, h_prev, dh, dxw_out, dhw_out):
+        return fused.gru_backward(gates, hw_n, h_prev, dh, dxw_out, dhw_out)
+    n, H = _sizes(dh, gates=(gates, 3), hw_n=(hw_n, 1), h_prev=(h_prev, 1), dxw_out=(dxw_out, 3),
+                  dhw_out=(dhw_out, 3))
+    # step 0: dh is only read (the kernel writes it only for the GPU time loop)
+    _launch("rk_gru_backward", int(n), gates.dtype,
+            (gates, hw_n, h_prev, dh, dh, _OFF, dxw_out, dhw_out, dhw_out, _OFF, n, H))
+    return dxw_out, dhw_out
+
+
+# --------------------------------------------------------------------------- RNN
+def _relu_flag(nonlinearity: str):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+    return np.int32(nonlinearity == "relu")
+
+
+def rnn_forward(a, nonlinearity: str, out):
+    """h = act(a) (contract of ``pointwise.rnn_forward``)."""
+    relu = _relu_flag(nonlinearity)
+    if not _takes(a, out):
+        return fused.rnn_forward(a, nonlinearity, out)
+    if a.shape != out.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected {tuple(a.shape)} (that of a)")
+    _launch("rk_rnn_forward", a.size, a.dtype, (a, out, relu, np.int64(a.size)))
+    return out
+
+
+def rnn_backward(h, dh, nonlinearity: str, out):
+    """da = dh * act'(a), from the output h (contract of ``pointwise.rnn_backward``)."""
+    relu = _relu_flag(nonlinearity)
+    if not _takes(h, dh, out):
+        return fused.rnn_backward(h, dh, nonlinearity, out)
+    for name, array in (("dh", dh), ("out", out)):
+        if array.shape != h.shape:
+            raise ValueError(f"{name} has shape {tuple(array.shape)}; expected {tuple(h.shape)} (that of h)")
+    _launch("rk_rnn_backward", h.size, h.dtype, (h, dh, dh, _OFF, out, relu, np.int64(h.size)))
+    return out
+
+
+# --------------------------------------------------------------- the GPU time loop
+def gemm(a, b, out, *, transpose_b: bool = False, beta: float = 0.0) -> None:
+    """``out = a @ b (or a @ b.T) + beta * out`` in one cuBLAS call (``cupy.cublas.gemm``):
+    the recurrent GEMM adds into the buffer it feeds, so no separate add is launched."""
+    cp = backend._import_cupy()
+    cp.cublas.gemm("N", "T" if transpose_b else "N", a, b, out=out, beta=beta)
+
+
+def loop_takes(cache, xw) -> bool:
+    """True when :func:`forward_loop` / :func:`backward_loop` run this direction: unmasked
+    (padded steps keep the generic loop), one float dtype, C-contiguous weights."""
+    return (cache.mask is None and np.dtype(xw.dtype) in _CTYPES and cache.W_hh.dtype == xw.dtype
+            and cache.W_hh.flags.c_contiguous)
+
+
+def forward_loop(c, xw, b_hh) -> None:
+    """The unmasked time loop of ``layers.unroll`` on the GPU: per step one cuBLAS GEMM
+    (``h_{t-1} W_hh^T``, added straight into the step's pre-activations, or into ``hw``
+    for the GRU) and one kernel, which leaves the same cache as the generic loop."""
+    T, B, G = xw.shape
+    H = c.W_hh.shape[1]
+    n, Hn = np.int64(B * H), np.int64(H)
+    Hs, W_hh, dtype = c.Hs, c.W_hh, xw.dtype
+    if c.mode == "lstm":
+        for t in range(T):
+            A = xw[t]  # x W_ih^T + bias; + h W_hh^T; then the activated gates
+            gemm(Hs[t], W_hh, A, transpose_b=True, beta=1.0)
+            _launch("rk_lstm_forward", int(n), dtype, (A, c.Cs[t], c.Cs[t + 1], c.tanh_c[t], Hs[t + 1], n, Hn))
+    elif c.mode == "gru":
+        xp = backend.get_array_module(xw)
+        gates = xp.empty((T, B, G), dtype=dtype)
+        hw = xp.empty((B, G), dtype=dtype)
+        bias = b_hh if b_hh is not None else hw  # never read without its flag
+        for t in range(T):
+            gemm(Hs[t], W_hh, hw, transpose_b=True)
+            _launch("rk_gru_forward", int(n), dtype, (xw[t], hw, bias, _flag(b_hh is not None), Hs[t], gates[t],
+                                                      Hs[t + 1], c.hw_n[t], _flag(True), n, Hn))
+        c.gates = gates
+    else:
+        relu = _relu_flag(c.nonlinearity)
+        for t in range(T):
+            A = xw[t]
+            gemm(Hs[t], W_hh, A, transpose_b=True, beta=1.0)
+            _launch("rk_rnn_forward", int(n), dtype, (A, Hs[t + 1], relu, n))
+
+
+def backward_loop(c, dXW, dHW_n, dy, dh, dc):
+    """The unmasked BPTT loop on the GPU (contract of ``unroll._backward_loop``): per step
+    one kernel (which also adds ``dy_t`` to the gradient reaching ``h_t``) and one GEMM
+    into ``dh``; writes dXW (and the GRU's dHW_n) in place, returns (dh0, dc0)."""
+    xp = backend.get_array_module(dXW)
+    T, B, G = dXW.shape
+    H = c.W_hh.shape[1]
+    n, Hn = np.int64(B * H), np.int64(H)
+    W_hh, dtype = c.W_hh, dXW.dtype
+    has_dy = _flag(dy is not None)
+    if dy is not None:
+        dy = xp.ascontiguousarray(dy)  # a bidirectional layer's dy is a strided slice
+    dy_t = (lambda t: dy[t]) if dy is not None else (lambda t: dh)  # never read without its flag
+    if c.mode == "lstm":
+        dc_prev = xp.empty((B, H), dtype=dtype)
+        for t in range(T - 1, -1, -1):
+            _launch("rk_lstm_backward", int(n), dtype, (dXW[t], c.Cs[t], c.tanh_c[t], dh, dy_t(t), has_dy, dc,
+                                                        _flag(True), dXW[t], dc_prev, n, Hn))
+            dc, dc_prev = dc_prev, dc
+            gemm(dXW[t], W_hh, dh)  # the gradient reaching h_{t-1}
+    elif c.mode == "gru":
+        dhw = xp.empty((B, G), dtype=dtype)
+        for t in range(T - 1, -1, -1):
+            # the kernel leaves g * z (the direct path to h_{t-1}) in dh; the GEMM adds dhw W_hh
+            _launch("rk_gru_backward", int(n), dtype, (dXW[t], dHW_n[t], c.Hs[t], dh, dy_t(t), has_dy, dXW[t], dhw,
+                                                       dHW_n[t], _flag(True), n, Hn))
+            gemm(dhw, W_hh, dh, beta=1.0)
+    else:
+        relu = _relu_flag(c.nonlinearity)
+        for t in range(T - 1, -1, -1):
+            _launch("rk_rnn_backward", int(n), dtype, (c.Hs[t + 1], dh, dy_t(t), has_dy, dXW[t], relu, n))
+            gemm(dXW[t], W_hh, dh)
+    return dh, dc
+
+
+def available() -> bool:
+    """True when CuPy sees a CUDA device (the kernels compile on first use)."""
+    return backend.gpu_available()
+
+
+__all__ = ["available", "backward_loop", "forward_loop", "gemm", "gru_backward", "gru_forward", "loop_takes",
+           "lstm_backward", "lstm_forward", "rnn_backward", "rnn_forward", "source"]
