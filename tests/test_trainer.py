@@ -471,3 +471,25 @@ def test_ring_batching_carries_state_across_epochs_and_resumes_exactly(tmp_path)
     reset_dir = tmp_path / "reset"
     train(reset_dir, task_overrides={"embedding_dropout": 0.1})
     assert epoch_rows(reset_dir)[1]["train_loss"] != pytest.approx(epoch_rows(straight_dir)[1]["train_loss"], rel=1e-9)
+
+
+def test_device_choice_is_checked_before_anything_is_built(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="device 'tpu'; expected one of cpu, cuda"):
+        TrainConfig(device="tpu")
+    cfg, task = tiny_lm_task()
+    task.supports_cuda = False  # as the other tasks: their batches are built on the host
+    task.name = "forecast"
+    with pytest.raises(ValueError, match="device 'cuda' with the 'forecast' task; only the 'lm' task"):
+        Trainer(task, TrainConfig(device="cuda", run_dir=str(tmp_path), progress=False, plot=False), cfg)
+    cfg, task = tiny_lm_task()
+    monkeypatch.setattr("rnnkit.backend.gpu_available", lambda: False)  # as on a machine without a GPU
+    with pytest.raises(RuntimeError, match="device 'cuda': CuPy is not installed or sees no CUDA device"):
+        Trainer(task, TrainConfig(device="cuda", run_dir=str(tmp_path), progress=False, plot=False), cfg)
+    assert not (tmp_path / "checkpoints").exists()
+    assert backend_of(task.model) == "numpy"  # nothing moved
+
+
+def backend_of(model) -> str:
+    from rnnkit import backend
+
+    return backend.get_array_module(next(iter(model.named_parameters()))[1]).__name__

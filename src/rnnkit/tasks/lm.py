@@ -80,6 +80,7 @@ class LanguageModelTask:
     main_metric = "val_loss"
     reports_perplexity = True  # the progress bar shows exp(loss)
     unit = "tok"  # train_loss counts tokens: the trainer reports tok/s
+    supports_cuda = True  # batches go to the model's array module (train_batches, evaluate_ids)
 
     def __init__(self, config: LMTaskConfig, corpus, seed: int = 0, model: LanguageModel | None = None):
         self.config, self.corpus, self.seed = config, corpus, seed

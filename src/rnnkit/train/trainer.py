@@ -83,6 +83,9 @@ class TrainConfig:
     min_lr: float = field(default=0.0, metadata={"help": "floor of the learning rate (plateau, cosine)"})
     early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed of every random stream (init, data order, dropout)"})
+    device: str = field(default="cpu", metadata={
+        "help": "cpu | cuda: where the model trains (cuda needs CuPy and a GPU, the lm task only so far; "
+                "checkpoints hold host arrays either way)"})
     run_dir: str = field(default="runs/latest", metadata={"help": "where checkpoints, metrics and figures go"})
     keep_checkpoints: int = field(default=2, metadata={"help": "numbered checkpoints to keep (plus best)"})
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every this many steps (0: epoch ends only)"})
@@ -108,7 +111,7 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "plateau", "step", "cosine"),
-                   "on_divergence": ("stop", "rollback")}
+                   "on_divergence": ("stop", "rollback"), "device": ("cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
@@ -195,6 +198,17 @@ class WeightAverage:
             self.model.load_state_dict(own)
 
 
+def _to_gpu(task) -> None:
+    """Move the task's model to the GPU, or say why it cannot go (before anything is built on it)."""
+    if not getattr(task, "supports_cuda", False):
+        raise ValueError(f"device 'cuda' with the {getattr(task, 'name', type(task).__name__)!r} task; only the "
+                         "'lm' task trains on the GPU so far: use device 'cpu'")
+    if not backend.gpu_available():
+        raise RuntimeError("device 'cuda': CuPy is not installed or sees no CUDA device "
+                           "(pip install 'rnnkit[gpu]' on a machine with a GPU); use device 'cpu'")
+    task.model.to(device="cuda")
+
+
 def random_streams(task) -> list[np.random.Generator]:
     """Every Generator a run draws from: the task's (``task.rng``) and each layer's (dropout), in a fixed order."""
     streams = [g for g in (getattr(task, "rng", None),) if isinstance(g, np.random.Generator)]
@@ -219,6 +233,8 @@ class Trainer:
         self.task, self.config, self.task_config = task, config, task_config
         self.callbacks = list(callbacks)
         self.model = task.model
+        if config.device == "cuda":
+            _to_gpu(task)
         self.run_dir = Path(config.run_dir)
         self.optimizer = make_optimizer(self.model, config)
         self.schedule = make_schedule(self.optimizer, config, task.num_train_batches())
