@@ -1,0 +1,259 @@
+"""The GPU path (CuPy arrays, the CUDA cell kernels) against the NumPy path, on a CUDA device.
+
+Every test here skips without CuPy and a GPU (CI has neither); ``benchmarks/device_check.sh``
+runs this file on a device machine. What it checks:
+
+- each CUDA kernel (``kernels/cuda_cells.cu``, compiled by NVRTC) against the NumPy reference;
+- every recurrent layer (RNN tanh/relu, LSTM, GRU; stacked, bidirectional, padded, stateful
+  across chunks) forward and BPTT on the GPU against the same layer on the CPU, float64 and
+  float32: outputs, input and state gradients, every weight gradient;
+- the time loop queues its work and never waits for the device (``cupyx.allow_synchronize``);
+- one launch per step and direction for the cell math, and the GPU time loop (one GEMM
+  and one kernel a step) for every unpadded direction;
+- a language model's training steps (embedding, recurrent stack, fused output layer and
+  loss, clipping, Adam) on the GPU against the CPU, and the trainer with ``device="cuda"``:
+  it learns, and its checkpoints hold host arrays that load on the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import pytest
+
+import rnnkit
+from rnnkit import backend, optim
+from rnnkit.kernels import cuda, pointwise
+from rnnkit.layers.unroll import unroll_backward, unroll_forward
+from rnnkit.models import LanguageModel, LanguageModelConfig
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not backend.gpu_available(), reason="needs CuPy and a CUDA device")]
+
+if backend.gpu_available():
+    import cupy as cp
+    import cupyx
+else:  # pragma: no cover - the module is skipped
+    cp = cupyx = None
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def _host(a):
+    return backend.to_numpy(a)
+
+
+def _close(got, want, dtype):
+    np.testing.assert_allclose(_host(got), _host(want), **TOL[dtype])
+
+
+# ------------------------------------------------------------------ kernels on the device
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 5), (20, 100), (32, 512), (7, 1031)])
+def test_device_kernels_match_the_reference(dtype, B, H):
+    rng = np.random.default_rng(B + H)
+    r = lambda *shape: (1.5 * rng.standard_normal(shape)).astype(dtype)  # noqa: E731
+    d = cp.asarray
+
+    # LSTM forward, then backward with the dA written over the gates
+    A, c_prev = r(B, 4 * H), r(B, H)
+    want = [A.copy()] + [np.empty((B, H), dtype) for _ in range(3)]
+    pointwise.lstm_forward(want[0], c_prev, *want[1:])
+    got = [d(A)] + [cp.empty((B, H), dtype) for _ in range(3)]
+    cuda.lstm_forward(got[0], d(c_prev), *got[1:])
+    for g, w in zip(got, want):
+        _close(g, w, dtype)
+    gates, tanh_c, dh, dc = want[0], want[2], r(B, H), r(B, H)
+    want_dA, want_dc = np.empty_like(gates), np.empty((B, H), dtype)
+    pointwise.lstm_backward(gates.copy(), c_prev, tanh_c, dh, dc.copy(), want_dA, want_dc)
+    g_gates, g_dc = d(gates), cp.empty((B, H), dtype)
+    cuda.lstm_backward(g_gates, d(c_prev), d(tanh_c), d(dh), d(dc), g_gates, g_dc)
+    _close(g_gates, want_dA, dtype)
+    _close(g_dc, want_dc, dtype)
+
+    # GRU forward and backward
+    xw, hw, h_prev = r(B, 3 * H), r(B, 3 * H), r(B, H)
+    w_gates, w_h = np.empty((B, 3 * H), dtype), np.empty((B, H), dtype)
+    pointwise.gru_forward(xw, hw, h_prev, w_gates, w_h)
+    g_gates, g_h = cp.empty((B, 3 * H), dtype), cp.empty((B, H), dtype)
+    cuda.gru_forward(d(xw), d(hw), d(h_prev), g_gates, g_h)
+    _close(g_gates, w_gates, dtype)
+    _close(g_h, w_h, dtype)
+    hw_n = np.ascontiguousarray(hw[:, 2 * H :])
+    w_dxw, w_dhw = np.empty_like(w_gates), np.empty_like(w_gates)
+    pointwise.gru_backward(w_gates, hw_n, h_prev, dh, w_dxw, w_dhw)
+    g_dxw, g_dhw = cp.empty((B, 3 * H), dtype), cp.empty((B, 3 * H), dtype)
+    cuda.gru_backward(d(w_gates), d(hw_n), d(h_prev), d(dh), g_dxw, g_dhw)
+    _close(g_dxw, w_dxw, dtype)
+    _close(g_dhw, w_dhw, dtype)
+
+    # RNN, both nonlinearities
+    for nl in ("tanh", "relu"):
+        a = r(B, H)
+        w_out, w_da = np.empty_like(a), np.empty_like(a)
+        pointwise.rnn_forward(a, nl, w_out)
+        pointwise.rnn_backward(w_out, dh, nl, w_da)
+        g_out, g_da = cp.empty((B, H), dtype), cp.empty((B, H), dtype)
+        cuda.rnn_forward(d(a), nl, g_out)
+        cuda.rnn_backward(d(w_out), d(dh), nl, g_da)
+        _close(g_out, w_out, dtype)
+        _close(g_da, w_da, dtype)
+
+
+# --------------------------------------------------------------------- whole layers
+CASES = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
+
+
+def _layer(mode, nonlinearity, dtype, **kw):
+    cls = {"lstm": rnnkit.layers.LSTM, "gru": rnnkit.layers.GRU, "rnn": rnnkit.layers.RNN}[mode]
+    extra = {"nonlinearity": nonlinearity} if mode == "rnn" else {}
+    return cls(7, 9, num_layers=2, dtype=dtype, seed=3, **extra, **kw)
+
+
+def _run(layer, xs, dys, lengths, xp):
+    """Forward and backward over the chunks ``xs`` (a stateful layer carries its state)."""
+    layer.zero_grad()
+    outs = []
+    for x, dy in zip(xs, dys):
+        y, state = layer.forward(xp.asarray(x), lengths=None if lengths is None else xp.asarray(lengths))
+        dstate = (state[0] * 0.5, state[1] * 0.25) if isinstance(state, tuple) else state * 0.5
+        dx = layer.backward(xp.asarray(dy), dstate)
+        outs += [y, dx, layer.dstate0[0] if isinstance(layer.dstate0, tuple) else layer.dstate0]
+    return [_host(o) for o in outs], {k: _host(v) for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode,nonlinearity", CASES)
+@pytest.mark.parametrize("variant", ["plain", "bidirectional", "padded", "stateful"])
+def test_layer_on_the_gpu_matches_the_cpu(dtype, mode, nonlinearity, variant):
+    kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful"}
+    cpu = _layer(mode, nonlinearity, dtype, **kw)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    rng = np.random.default_rng(11)
+    B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
+    out_width = 9 * (2 if kw["bidirectional"] else 1)
+    xs = [rng.standard_normal((B, T, 7)).astype(dtype) for _ in range(chunks)]
+    dys = [rng.standard_normal((B, T, out_width)).astype(dtype) for _ in range(chunks)]
+    lengths = np.array([6, 1, 4, 3]) if variant == "padded" else None
+    want, want_grads = _run(cpu, xs, dys, lengths, np)
+    got, got_grads = _run(gpu, xs, dys, lengths, cp)
+    for g, w in zip(got, want):
+        _close(g, w, dtype)
+    assert set(got_grads) == set(want_grads)
+    for name in want_grads:
+        _close(got_grads[name], want_grads[name], dtype)
+
+
+@pytest.mark.parametrize("mode,nonlinearity", CASES)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_time_loop_never_waits_for_the_device(mode, nonlinearity, masked, reverse):
+    """Forward and BPTT of one direction queue everything: any host synchronisation raises."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[mode]
+    T, B, D, H = 12, 5, 8, 16
+    rng = cp.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s, dtype=cp.float32)  # noqa: E731
+    X, W_ih, W_hh, b_ih, b_hh, h0, c0 = f(T, B, D), f(G * H, D), f(G * H, H), f(G * H), f(G * H), f(B, H), f(B, H)
+    mask = (cp.arange(T)[:, None] < cp.asarray([12, 3, 7, 1, 12])[None, :]) if masked else None
+    grads = {n: cp.zeros_like(p) for n, p in (("w_ih", W_ih), ("w_hh", W_hh), ("b_ih", b_ih), ("b_hh", b_hh))}
+    cp.cuda.Device().synchronize()
+    with cupyx.allow_synchronize(False):
+        y, h_T, c_T, cache = unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0 if mode == "lstm" else None,
+                                            mask=mask, reverse=reverse, nonlinearity=nonlinearity)
+        unroll_backward(cache, f(T, B, H), f(B, H), f(B, H) if mode == "lstm" else None, grads,
+                        ("w_ih", "w_hh", "b_ih", "b_hh"))
+    cp.cuda.Device().synchronize()
+    assert bool(cp.isfinite(y).all())
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_cell_math_is_one_launch_per_step(mode, monkeypatch):
+    launches = []
+    real = cuda._launch
+    monkeypatch.setattr(cuda, "_launch", lambda name, *a: (launches.append(name), real(name, *a)))
+    T, B = 9, 3
+    layer = rnnkit.layers.LSTM if mode == "lstm" else rnnkit.layers.GRU if mode == "gru" else rnnkit.layers.RNN
+    net = layer(4, 5, dtype=np.float32, seed=0).to(device="cuda")
+    y, _ = net.forward(cp.ones((B, T, 4), cp.float32))
+    net.backward(cp.ones_like(y))
+    assert launches == [f"rk_{mode}_forward"] * T + [f"rk_{mode}_backward"] * T
+
+
+def test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic(monkeypatch):
+    from rnnkit.layers import unroll
+
+    used = []
+
+    def spy(name, fn):
+        return lambda *a, **k: (used.append(name), fn(*a, **k))[1]
+
+    for module, attr, name in ((cuda, "forward_loop", "gpu"), (cuda, "backward_loop", "gpu"),
+                               (unroll, "_forward_loop", "generic"), (unroll, "_backward_loop", "generic")):
+        monkeypatch.setattr(module, attr, spy(f"{name} {attr.strip('_')}", getattr(module, attr)))
+    net = rnnkit.layers.GRU(4, 5, bidirectional=True, dtype=np.float32, seed=0).to(device="cuda")
+    x = cp.ones((2, 6, 4), cp.float32)
+    y, _ = net.forward(x)
+    net.backward(cp.ones_like(y))
+    assert used == ["gpu forward_loop"] * 2 + ["gpu backward_loop"] * 2
+    used.clear()
+    y, _ = net.forward(x, lengths=cp.asarray([6, 3]))
+    net.backward(cp.ones_like(y))
+    assert used == ["generic forward_loop"] * 2 + ["generic backward_loop"] * 2
+
+
+# ------------------------------------------------------------------ language model
+def _tiny_lm(cell, dtype):
+    cfg = LanguageModelConfig(vocab_size=1500, cell=cell, embedding_size=16, hidden_size=16, num_layers=2,
+                              tie_weights=True, dropout=0.0)
+    return LanguageModel(cfg, dtype=dtype, seed=2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_lm_training_steps_on_the_gpu_match_the_cpu(cell):
+    """Five steps of loss_and_backward, clipping and Adam, float64: the same losses and weights."""
+    cpu = _tiny_lm(cell, np.float64)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    rng = np.random.default_rng(5)
+    losses = {}
+    for name, model, xp in (("cpu", cpu, np), ("gpu", gpu, cp)):
+        opt = optim.Adam(model, lr=3e-3)
+        losses[name] = []
+        for _ in range(5):
+            ids = rng.integers(0, 1500, (4, 10))
+            opt.zero_grad()
+            losses[name].append(model.loss_and_backward(xp.asarray(ids), xp.asarray(np.roll(ids, -1, axis=1))))
+            optim.clip_grad_norm(model, 0.5)
+            opt.step()
+        rng = np.random.default_rng(5)  # the same batches for the second model
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-10)
+    for (name, p, _), (_, q, _) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        np.testing.assert_allclose(_host(q), p, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@functools.lru_cache(maxsize=1)
+def _shakespeare():
+    from rnnkit.data.text import load_corpus
+
+    return load_corpus("tinyshakespeare", level="char")
+
+
+def test_trainer_on_the_gpu_learns_and_writes_host_checkpoints(tmp_path):
+    from rnnkit.tasks.lm import LanguageModelTask, LMTaskConfig, evaluate_ids
+    from rnnkit.train import TrainConfig, Trainer
+
+    cfg = LMTaskConfig(corpus="tinyshakespeare", level="char", hidden_size=96, embedding_size=32, batch_size=16,
+                       bptt=32, max_eval_tokens=3000)
+    corpus = dataclasses.replace(_shakespeare(), train=_shakespeare().train[:60_000])
+    task = LanguageModelTask(cfg, corpus, seed=0)
+    trainer = Trainer(task, TrainConfig(epochs=1, lr=5e-3, max_steps=100, run_dir=str(tmp_path / "run"),
+                                        progress=False, plot=False, eval_test=False, device="cuda"), cfg)
+    assert backend.get_array_module(task.model.rnn.params["weight_hh_l0"]) is cp
+    result = trainer.fit()
+    assert result["best_val_loss"] < 2.8, result  # chance is log(65) = 4.17 nats
+    best = LanguageModel.load(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert backend.get_array_module(best.rnn.params["weight_hh_l0"]) is np
+    on_cpu = evaluate_ids(best, corpus.valid, cfg.eval_batch_size, cfg.bptt, cfg.max_eval_tokens)["loss"]
+    assert math.isclose(on_cpu, result["best_val_loss"], rel_tol=1e-4), (on_cpu, result)

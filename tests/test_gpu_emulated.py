@@ -1,0 +1,86 @@
+"""Every test of ``tests/test_gpu.py``, on the CPU: CuPy replaced by ``fake_cupy`` (NumPy memory
+behind CuPy's rules) and the CUDA kernels run by ``cuda_emulator`` (the ``.cu`` text built for
+the CPU).
+
+This is what can be known about the GPU path without a GPU, and it runs in CI: the device
+arrays stay a separate type from the embedding to the optimizer (no NumPy fast path or
+native kernel takes one), nothing mixes host and device arrays or waits for the device
+inside the time loop, and the kernels' results flow through whole layers, language-model
+steps and the trainer as the NumPy path's do. NVRTC, CuPy's own functions and the timing
+are left to ``tests/test_gpu.py`` on a real device.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from rnnkit import backend
+from rnnkit.kernels import cuda
+
+import test_gpu
+from cuda_emulator import Emulators, compiler
+from fake_cupy import make_modules
+from test_gpu import (  # collected here, run against the fake device
+    test_cell_math_is_one_launch_per_step,
+    test_device_kernels_match_the_reference,
+    test_layer_on_the_gpu_matches_the_cpu,
+    test_lm_training_steps_on_the_gpu_match_the_cpu,
+    test_time_loop_never_waits_for_the_device,
+    test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
+    test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic,
+)
+
+COLLECTED = (test_cell_math_is_one_launch_per_step, test_device_kernels_match_the_reference,
+             test_layer_on_the_gpu_matches_the_cpu, test_lm_training_steps_on_the_gpu_match_the_cpu,
+             test_time_loop_never_waits_for_the_device, test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
+             test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic)
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler to run the kernels on the CPU")
+
+
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory):
+    return Emulators(tmp_path_factory.mktemp("cuda_cpu"), collapse=True)
+
+
+@pytest.fixture(autouse=True)
+def fake_device(monkeypatch, emulators):
+    cupy, cupyx = make_modules()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setattr(backend, "_cupy", cupy)
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
+    monkeypatch.setattr(test_gpu, "cp", cupy)
+    monkeypatch.setattr(test_gpu, "cupyx", cupyx)
+    yield
+
+
+def test_the_fake_device_keeps_cupys_rules():
+    """The fake refuses what CuPy refuses, so the tests above could fail the way the GPU would."""
+    import numpy as np
+
+    cp, cupyx = test_gpu.cp, test_gpu.cupyx
+    a = cp.zeros((2, 3), np.float32)
+    assert backend.get_array_module(a) is cp and backend.get_array_module(np.zeros(2)) is np
+    with pytest.raises(TypeError, match="meets a device array"):
+        a + np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        a[...] = np.ones((2, 3), np.float32)
+    a[...] = 2.0  # a scalar is fine, as in CuPy
+    with cupyx.allow_synchronize(False):
+        b = a * 3
+        with pytest.raises(cupyx.DeviceSynchronized, match="float"):
+            float(b.sum())
+        with pytest.raises(cupyx.DeviceSynchronized, match="asnumpy"):
+            cp.asnumpy(b)
+        with pytest.raises(cupyx.DeviceSynchronized, match="boolean-mask"):
+            b[b > 1]
+    assert float(b.sum()) == 36.0
+
+
+def test_every_gpu_test_runs_here_too():
+    """A test added to test_gpu.py and not imported above would run on a GPU only."""
+    names = {name for name in vars(test_gpu) if name.startswith("test_") and callable(getattr(test_gpu, name))}
+    assert names == {t.__name__ for t in COLLECTED}
