@@ -16,6 +16,8 @@ Equations (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -221,7 +223,7 @@ class TimeSoftmaxWithLoss:
 
 
 def clip_grads(grads, max_norm):
-    total = np.sqrt(sum(float(np.sum(g ** 2)) for g in grads))
+    total = math.sqrt(sum(float(np.sum(g ** 2)) for g in grads))
     if total > max_norm:
         rate = max_norm / (total + 1e-6)
         for g in grads:

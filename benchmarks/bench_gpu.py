@@ -1,0 +1,372 @@
+"""GPU speed: rnnkit on CuPy against PyTorch (cuDNN) and the textbook layers on CuPy, in one run.
+
+The same language-model training step as ``rnnkit bench`` (``rnnkit/bench.py``): embedding
+-> recurrent stack -> affine -> softmax cross-entropy -> backward -> clip_grad_norm(0.25)
+-> SGD, stateful, on a fixed random batch, float32, configurations S, M and C, for the
+LSTM, GRU and RNN. Also one recurrent layer's forward + backward alone (the figures
+``shared/bench/gpu_anchor_results.md`` gives for cuDNN).
+
+- ``rnnkit``: this package's layers on CuPy arrays (``device="cuda"``): cuBLAS GEMMs and
+  one CUDA kernel per step for the cell math (``kernels/cuda_cells.cu``).
+- ``torch``: ``torch.nn`` modules on CUDA, cuDNN's recurrent kernels, TF32 off.
+- ``reference``: ``benchmarks/reference_dl2.py`` (one Python object per step, "Deep
+  Learning from Scratch 2" style) with its array module switched to CuPy.
+
+Frameworks take turns round by round; each step is timed from launch to a full device
+synchronisation (``perf_counter``; the step's own host work included, as a user sees
+it); medians are reported. Peak device memory: PyTorch's ``max_memory_allocated``, and
+for CuPy arrays the memory pool's high-water mark of bytes in use (sampled after each
+step: a lower bound within a step).
+
+``--device cpu`` runs the very same code on NumPy and PyTorch's CPU build (with
+``perf_counter``), which is how the script itself is tested on machines without a GPU;
+the CPU figures that count are ``bench_train.py``'s.
+
+    python benchmarks/bench_gpu.py --json gpu.json            # everything, on the GPU
+    python benchmarks/bench_gpu.py --configs S --cells lstm --rounds 5
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {  # name: (V, D, H, num_layers, B, T), as rnnkit/bench.py
+    "S": (10000, 100, 100, 1, 20, 35),
+    "M": (10000, 650, 650, 2, 20, 35),
+    "C": (65, 64, 512, 1, 32, 128),
+}
+FRAMEWORKS = ("rnnkit", "torch", "reference")
+CLIP, LR = 0.25, 1.0
+HERE = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------ devices
+class Device:
+    """The array module and the synchronisation of one run (``cuda`` or ``cpu``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        if name == "cuda":
+            import cupy  # noqa: PLC0415
+
+            self.xp = cupy
+        else:
+            self.xp = np
+        self.torch = None
+        try:
+            import torch  # noqa: PLC0415
+
+            self.torch = torch
+            if name == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+        except ImportError:
+            pass
+        # PyTorch's CUDA side, where there is one (a CPU build of torch beside CuPy has none)
+        self.torch_cuda = self.torch is not None and name == "cuda" and self.torch.cuda.is_available()
+
+    def sync(self) -> None:
+        if self.name != "cuda":
+            return
+        self.xp.cuda.Device().synchronize()
+        if self.torch_cuda:
+            self.torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.name != "cuda":
+            return
+        if self.torch_cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        self._pool_peak = self.xp.get_default_memory_pool().used_bytes()
+
+    def sample_peak(self) -> None:
+        if self.name == "cuda":
+            self._pool_peak = max(self._pool_peak, self.xp.get_default_memory_pool().used_bytes())
+
+    def peak_mib(self, framework: str):
+        if self.name != "cuda":
+            return None
+        if framework == "torch":
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        return self._pool_peak / 2**20
+
+    def release(self) -> None:
+        if self.name == "cuda":
+            self.xp.get_default_memory_pool().free_all_blocks()
+            if self.torch_cuda:
+                self.torch.cuda.empty_cache()
+
+    def info(self) -> dict:
+        out = {"device": self.name, "python": platform.python_version(), "numpy": np.__version__,
+               "machine": platform.machine()}
+        if self.name == "cuda":
+            cp = self.xp
+            props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+            out.update(gpu=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+                       cupy=cp.__version__, cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                       cuda_driver=cp.cuda.runtime.driverGetVersion())
+        if self.torch is not None:
+            out["torch"] = self.torch.__version__
+            if self.torch_cuda:
+                out["cudnn"] = self.torch.backends.cudnn.version()
+                out["tf32"] = bool(self.torch.backends.cuda.matmul.allow_tf32 or self.torch.backends.cudnn.allow_tf32)
+        return out
+
+
+# ------------------------------------------------------------------------ builders
+def _batch(V, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+
+
+def build_rnnkit_step(dev: Device, cell, V, D, H, L, B, T):
+    from rnnkit import backend  # noqa: PLC0415
+    from rnnkit.bench import _build_rnnkit  # noqa: PLC0415
+
+    ids, targets = _batch(V, B, T)
+    backend.set_device(dev.name)
+    try:
+        make_train, _ = _build_rnnkit(cell, V, D, H, L, seed=0)
+        return make_train(dev.xp.asarray(ids), dev.xp.asarray(targets))
+    finally:
+        backend.set_device("cpu")
+
+
+def build_torch_step(dev: Device, cell, V, D, H, L, B, T):
+    torch = dev.torch
+    device = "cuda" if dev.name == "cuda" else "cpu"
+    torch.manual_seed(0)
+    rnn_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    embed = torch.nn.Embedding(V, D).to(device)
+    rnn = rnn_class(D, H, num_layers=L, batch_first=True).to(device)
+    out = torch.nn.Linear(H, V).to(device)
+    params = [*embed.parameters(), *rnn.parameters(), *out.parameters()]
+    opt = torch.optim.SGD(params, lr=LR)
+    ids, targets = _batch(V, B, T)
+    x = torch.from_numpy(ids).to(device)
+    t = torch.from_numpy(targets).reshape(-1).to(device)
+    state = [None]
+
+    def detach(s):
+        return tuple(v.detach() for v in s) if isinstance(s, tuple) else s.detach()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        y, st = rnn(embed(x), state[0])
+        state[0] = detach(st)
+        loss = torch.nn.functional.cross_entropy(out(y).reshape(-1, V), t)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        return loss
+    return step
+
+
+def load_reference(xp):
+    """A fresh copy of ``reference_dl2.py`` whose array module is ``xp``."""
+    spec = importlib.util.spec_from_file_location(f"reference_dl2_{xp.__name__}", HERE / "reference_dl2.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    return ref
+
+
+def build_reference_step(dev: Device, cell, V, D, H, L, B, T):
+    ref = load_reference(np)  # built on the host with NumPy's generator, as on the CPU ...
+    model = ref.LanguageModel(cell, V, D, H, L, seed=0)
+    if dev.name == "cuda":  # ... then every array moved and the module's np switched to CuPy
+        cp = dev.xp
+        for layer in model.layers:
+            layer.params[:] = [cp.asarray(p) for p in layer.params]
+            layer.grads[:] = [cp.asarray(g) for g in layer.grads]
+        model.params = [p for layer in model.layers for p in layer.params]
+        model.grads = [g for layer in model.layers for g in layer.grads]
+        ref.np = cp
+    opt = ref.SGD(LR)
+    ids, targets = _batch(V, B, T)
+    x, t = dev.xp.asarray(ids), dev.xp.asarray(targets)
+
+    def step():
+        loss = model.forward(x, t)
+        model.backward()
+        ref.clip_grads(model.grads, CLIP)
+        opt.update(model.params, model.grads)
+        return loss
+    return step
+
+
+def build_rnnkit_layer(dev: Device, cell, D, H, B, T):
+    from rnnkit import backend, layers  # noqa: PLC0415
+
+    cls = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.RNN}[cell]
+    backend.set_device(dev.name)
+    try:
+        layer = cls(D, H, seed=0)
+    finally:
+        backend.set_device("cpu")
+    rng = np.random.default_rng(1)
+    x = dev.xp.asarray(rng.standard_normal((B, T, D)).astype(np.float32))
+    dy = dev.xp.asarray(rng.standard_normal((B, T, H)).astype(np.float32))
+
+    def step():
+        layer.forward(x)
+        layer.backward(dy)
+    return step
+
+
+def build_torch_layer(dev: Device, cell, D, H, B, T):
+    torch = dev.torch
+    device = "cuda" if dev.name == "cuda" else "cpu"
+    torch.manual_seed(0)
+    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](D, H, batch_first=True).to(device)
+    x = torch.randn(B, T, D, device=device, requires_grad=True)
+    dy = torch.randn(B, T, H, device=device)
+
+    def step():
+        y, _ = rnn(x)
+        y.backward(dy)
+    return step
+
+
+BUILDERS = {
+    "step": {"rnnkit": build_rnnkit_step, "torch": build_torch_step, "reference": build_reference_step},
+    "layer": {"rnnkit": build_rnnkit_layer, "torch": build_torch_layer},
+}
+
+
+# ------------------------------------------------------------------------ timing
+def time_case(dev: Device, kind: str, config: str, cell: str, frameworks, rounds: int, warmup: int) -> list[dict]:
+    V, D, H, L, B, T = CONFIGS[config]
+    args = (cell, V, D, H, L, B, T) if kind == "step" else (cell, D, H, B, T)
+    steps, rows, peaks = {}, [], {}
+    for fw in frameworks:
+        if fw not in BUILDERS[kind] or (fw == "torch" and dev.torch is None):
+            continue
+        if fw == "torch" and dev.name == "cuda" and not dev.torch_cuda:
+            rows.append({"kind": kind, "config": config, "cell": cell, "framework": fw,
+                         "error": "this PyTorch build has no CUDA", "trace": ""})
+            continue
+        try:
+            dev.sync()
+            dev.release()
+            dev.reset_peak()
+            step = BUILDERS[kind][fw](dev, *args)
+            for _ in range(warmup):
+                step()
+                dev.sync()
+                dev.sample_peak()
+            steps[fw] = step
+            peaks[fw] = dev.peak_mib(fw)
+        except Exception as exc:  # report it and go on: one framework's failure must not hide the others
+            rows.append({"kind": kind, "config": config, "cell": cell, "framework": fw,
+                         "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=4)})
+            print(f"  {kind} {config}/{cell} {fw}: FAILED {type(exc).__name__}: {exc}", flush=True)
+    times = {fw: [] for fw in steps}
+    for _ in range(rounds):
+        for fw, step in steps.items():
+            dev.sync()
+            t0 = time.perf_counter()
+            step()
+            dev.sync()
+            times[fw].append(time.perf_counter() - t0)
+    tokens = B * T
+    for fw, ts in times.items():
+        ms = 1e3 * statistics.median(ts)
+        rows.append({"kind": kind, "config": config, "cell": cell, "framework": fw, "ms": ms,
+                     "ms_min": 1e3 * min(ts), "ms_max": 1e3 * max(ts), "rounds": len(ts),
+                     "tokens_per_s": tokens / (ms / 1e3), "peak_mib": peaks.get(fw)})
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """rnnkit's speed as a multiple of each other framework's (> 1: rnnkit is faster)."""
+    out = []
+    by = {(r["kind"], r["config"], r["cell"], r["framework"]): r for r in rows if "ms" in r}
+    for (kind, config, cell, fw), r in by.items():
+        if fw != "rnnkit":
+            continue
+        entry = {"kind": kind, "config": config, "cell": cell, "rnnkit_ms": r["ms"]}
+        for other in ("torch", "reference"):
+            o = by.get((kind, config, cell, other))
+            if o is not None:
+                entry[f"x_{other}"] = o["ms"] / r["ms"]
+        out.append(entry)
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["kind   cfg cell  framework    ms/step  (min - max)        tokens/s   peak MiB"]
+    for r in rows:
+        head = f"{r['kind']:<6} {r['config']:<3} {r['cell']:<5} {r['framework']:<10}"
+        if "error" in r:
+            lines.append(f"{head} FAILED: {r['error']}")
+            continue
+        peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:9.1f}"
+        lines.append(f"{head} {r['ms']:9.3f}  ({r['ms_min']:.3f} - {r['ms_max']:.3f})  {r['tokens_per_s']:12,.0f} {peak}")
+    lines.append("")
+    lines.append("rnnkit as a multiple of: (> 1 means rnnkit is faster)")
+    for e in ratios(rows):
+        parts = [f"x torch {e['x_torch']:.2f}" if "x_torch" in e else "",
+                 f"x reference {e['x_reference']:.1f}" if "x_reference" in e else ""]
+        lines.append(f"  {e['kind']:<6} {e['config']:<3} {e['cell']:<5} " + "  ".join(p for p in parts if p))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--configs", default="S,M,C")
+    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--kinds", default="step,layer", help="step (the LM training step) and/or layer (one layer)")
+    p.add_argument("--rounds", type=int, default=30, help="timed steps per framework (the median is reported)")
+    p.add_argument("--reference-rounds", type=int, default=5, help="timed steps of the (slow) reference")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", help="write every row, the ratios and the environment here")
+    args = p.parse_args(argv)
+    for name, allowed in (("configs", CONFIGS), ("cells", ("lstm", "gru", "rnn")), ("frameworks", FRAMEWORKS),
+                          ("kinds", BUILDERS)):
+        values = [v for v in getattr(args, name).split(",") if v]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            p.error(f"--{name} {getattr(args, name)!r}; expected a comma-separated subset of {', '.join(allowed)}")
+        setattr(args, name, values)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dev = Device(args.device)
+    env = dev.info()
+    env["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    print(json.dumps(env), flush=True)
+    rows = []
+    for kind in args.kinds:
+        for config in args.configs:
+            for cell in args.cells:
+                fws = [f for f in args.frameworks if f != "reference"]
+                case = time_case(dev, kind, config, cell, fws, args.rounds, args.warmup)
+                if "reference" in args.frameworks and kind == "step":
+                    case += time_case(dev, kind, config, cell, ["reference"], args.reference_rounds, 1)
+                for r in case:
+                    if "ms" in r:
+                        print(f"  {kind} {config}/{cell} {r['framework']}: {r['ms']:.3f} ms", flush=True)
+                rows += case
+    print()
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "rows": rows, "ratios": ratios(rows)}, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

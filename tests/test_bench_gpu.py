@@ -1,0 +1,84 @@
+"""benchmarks/bench_gpu.py without a GPU: its CPU mode for real, its GPU mode on the fake device.
+
+The GPU figures come from the device machine (``benchmarks/device_check.sh``); what is
+checked here is that the script runs every framework it can, times and reports them, and
+that its CUDA branch (arrays moved, the reference's module switched to CuPy, memory and
+device queries) runs through ``fake_cupy`` and the emulated kernels.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkit import backend
+from rnnkit.kernels import cuda
+
+from cuda_emulator import Emulators, compiler
+from fake_cupy import make_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def test_cpu_mode_times_every_framework_and_reports_ratios(tmp_path, capsys):
+    bench = _load()
+    out = tmp_path / "gpu.json"
+    rc = bench.main(["--device", "cpu", "--configs", "S", "--cells", "rnn", "--rounds", "2", "--reference-rounds", "1",
+                     "--warmup", "1", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    frameworks = {(r["kind"], r["framework"]) for r in data["rows"]}
+    want = {("step", "rnnkit"), ("step", "reference"), ("layer", "rnnkit")}
+    if _torch_installed():
+        want |= {("step", "torch"), ("layer", "torch")}
+    assert frameworks == want
+    for r in data["rows"]:
+        assert r["ms"] > 0 and r["rounds"] == (1 if r["framework"] == "reference" else 2)
+        assert r["tokens_per_s"] == pytest.approx(20 * 35 / (r["ms"] / 1e3))
+    step = next(e for e in data["ratios"] if e["kind"] == "step")
+    rnnkit_ms = next(r["ms"] for r in data["rows"] if r["kind"] == "step" and r["framework"] == "rnnkit")
+    ref_ms = next(r["ms"] for r in data["rows"] if r["kind"] == "step" and r["framework"] == "reference")
+    assert step["x_reference"] == pytest.approx(ref_ms / rnnkit_ms)
+    assert data["environment"]["device"] == "cpu"
+    assert "rnnkit as a multiple of" in capsys.readouterr().out
+
+
+def test_bad_arguments_name_the_value():
+    bench = _load()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--configs", "S,X"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--frameworks", "jax"])
+
+
+@pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler to run the kernels on the CPU")
+def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
+    cupy, cupyx = make_modules()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setattr(backend, "_cupy", cupy)
+    monkeypatch.setattr(cuda, "_kernel", Emulators(tmp_path, collapse=True).lookup)
+    bench = _load()
+    out = tmp_path / "gpu.json"
+    rc = bench.main(["--device", "cuda", "--configs", "S", "--cells", "lstm", "--frameworks", "rnnkit,reference",
+                     "--rounds", "1", "--reference-rounds", "1", "--warmup", "1", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert rc == 0, [r.get("trace") for r in data["rows"]]
+    assert {(r["kind"], r["framework"]) for r in data["rows"]} == {("step", "rnnkit"), ("step", "reference"),
+                                                                   ("layer", "rnnkit")}
+    assert data["environment"]["gpu"].startswith("fake device")
+    assert all(r["peak_mib"] == 0 for r in data["rows"])  # the fake pool holds nothing; real ones report MiB
