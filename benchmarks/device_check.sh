@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks in one prepared run, for a machine with an NVIDIA GPU, CuPy and PyTorch
+# (a device session's run, or any such machine): environment, the GPU tests, then the
+# GPU benchmark. Everything it prints also lands in $OUT (default: ./device_out).
+#
+#   OUT=/tmp/out bash benchmarks/device_check.sh            # all of it
+#   QUICK=1 bash benchmarks/device_check.sh                 # the benchmark on S only
+#
+# rnnkit is used from the checkout (PYTHONPATH=src, no install, no native build needed:
+# the CPU side of the comparisons then runs the NumPy kernels). Each part has its own time
+# limit, so one that hangs cannot eat the others' time; the script's exit status is that
+# of the tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device_out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  "$PY" -c "import cupy, numpy, sys; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" 2>&1
+} 2>&1 | tee "$OUT/env.txt"
+
+timeout "${TEST_LIMIT:-300}" "$PY" -m pytest -q -p no:cacheprovider -x -rs \
+  tests/test_gpu.py tests/test_cuda_kernels.py 2>&1 | tee "$OUT/tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+if [ -n "${QUICK:-}" ]; then
+  bench_args=(--configs S --rounds 10)
+else
+  bench_args=()
+fi
+timeout "${BENCH_LIMIT:-300}" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" --json "$OUT/bench_gpu.json" \
+  2>&1 | tee "$OUT/bench.log"
+echo "tests exit status $tests_rc; benchmark exit status ${PIPESTATUS[0]}" | tee -a "$OUT/env.txt"
+exit "$tests_rc"
