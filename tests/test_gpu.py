@@ -257,3 +257,57 @@ def test_trainer_on_the_gpu_learns_and_writes_host_checkpoints(tmp_path):
     assert backend.get_array_module(best.rnn.params["weight_hh_l0"]) is np
     on_cpu = evaluate_ids(best, corpus.valid, cfg.eval_batch_size, cfg.bptt, cfg.max_eval_tokens)["loss"]
     assert math.isclose(on_cpu, result["best_val_loss"], rel_tol=1e-4), (on_cpu, result)
+
+
+# ------------------------------------------------------------------ every task
+def _task_case(name, tmp_path):
+    """(task class, config, seed) for a small instance of each ``rnnkit train --task``."""
+    if name == "classify":
+        from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask
+        from test_classifier import write_labelled_csv
+
+        return ClassifyTask, ClassifyConfig(dataset=str(write_labelled_csv(tmp_path / "toy.csv")), embedding_dim=8,
+                                            hidden_size=8, batch_size=8, val_fraction=0.2, test_fraction=0.2), 1
+    if name == "seq2seq":
+        from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
+
+        return Seq2SeqTask, Seq2SeqTaskConfig(dataset="gen-addition", num_generated=300, hidden_size=16,
+                                              embedding_dim=8, attention="dot", reverse_source=True,
+                                              batch_size=32, eval_beam_size=2), 0
+    if name == "caption":
+        pytest.importorskip("sklearn")
+        from rnnkit.tasks.caption import CaptionTask, CaptionTaskConfig
+
+        return CaptionTask, CaptionTaskConfig(cell="gru", hidden_size=24, embedding_dim=8, num_train=200, num_val=50,
+                                              num_test=50, max_digits=1, batch_size=50), 0
+    from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
+
+    path = tmp_path / "s.csv"
+    path.write_text("t,v\n" + "".join(f"{i},{10 + np.sin(i / 2):.5f}\n" for i in range(120)), encoding="utf-8")
+    return ForecastTask, ForecastConfig(dataset=str(path), hidden_size=8, input_len=10, val_size=15, test_size=15,
+                                        horizon=2, output="sequence", loss="mae"), 2
+
+
+@pytest.mark.parametrize("name", ["classify", "seq2seq", "caption", "forecast"])
+def test_every_task_trains_on_the_gpu_as_on_the_cpu(name, tmp_path):
+    """``rnnkit train --task NAME --device cuda`` in miniature: the same metrics as on the CPU
+    (float32, to rounding), and a best checkpoint that reloads on the CPU with those metrics."""
+    from rnnkit.train import TrainConfig, Trainer
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        task_cls, cfg, seed = _task_case(name, tmp_path)
+        task = task_cls.from_config(cfg, seed=seed)
+        tc = TrainConfig(epochs=1, max_steps=8, lr=1e-2, seed=seed, run_dir=str(tmp_path / device), progress=False,
+                         plot=False, device=device)
+        results[device] = Trainer(task, tc, cfg).fit()
+        if device == "cuda":
+            assert backend.get_array_module(next(iter(task.model.named_parameters()))[1]) is cp
+    cpu, gpu = results["cpu"], results["cuda"]
+    numbers = [k for k, v in cpu.items() if isinstance(v, float) and (k.startswith("test_") or k == "best_val_loss")]
+    assert numbers
+    for key in numbers:
+        assert gpu[key] == pytest.approx(cpu[key], rel=2e-3, abs=1e-4), key
+    again = task_cls.from_checkpoint(tmp_path / "cuda" / "checkpoints" / "best.safetensors")
+    assert backend.get_array_module(next(iter(again.model.named_parameters()))[1]) is np
+    assert again.evaluate("test")["loss"] == pytest.approx(gpu["test_loss"], rel=1e-4)

@@ -477,13 +477,13 @@ def test_device_choice_is_checked_before_anything_is_built(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="device 'tpu'; expected one of cpu, cuda"):
         TrainConfig(device="tpu")
     cfg, task = tiny_lm_task()
-    task.supports_cuda = False  # as the other tasks: their batches are built on the host
-    task.name = "forecast"
-    with pytest.raises(ValueError, match="device 'cuda' with the 'forecast' task; only the 'lm' task"):
+    task.supports_cuda = False  # as a task whose batches are built on the host only
+    task.name = "custom"
+    with pytest.raises(ValueError, match="device 'cuda' with the 'custom' task, which builds its batches on the host"):
         Trainer(task, TrainConfig(device="cuda", run_dir=str(tmp_path), progress=False, plot=False), cfg)
     cfg, task = tiny_lm_task()
     monkeypatch.setattr("rnnkit.backend.gpu_available", lambda: False)  # as on a machine without a GPU
-    with pytest.raises(RuntimeError, match="device 'cuda': CuPy is not installed or sees no CUDA device"):
+    with pytest.raises(ValueError, match="device 'cuda': CuPy is not installed or sees no CUDA device"):
         Trainer(task, TrainConfig(device="cuda", run_dir=str(tmp_path), progress=False, plot=False), cfg)
     assert not (tmp_path / "checkpoints").exists()
     assert backend_of(task.model) == "numpy"  # nothing moved

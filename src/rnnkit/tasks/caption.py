@@ -100,6 +100,7 @@ class CaptionTask:
     """Trains a :class:`Captioner` on digit scenes (see the module docstring)."""
 
     name = "caption"
+    supports_cuda = True  # batches go to the model's array module
     config_class = CaptionTaskConfig
     main_metric = "val_loss"
     unit = "tok"

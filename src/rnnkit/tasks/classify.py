@@ -131,6 +131,7 @@ class ClassifyTask:
     """Trains a :class:`SequenceClassifier` on a labelled text set (see the module docstring)."""
 
     name = "classify"
+    supports_cuda = True  # batches go to the model's array module
     config_class = ClassifyConfig
     main_metric = "val_loss"
 
@@ -258,6 +259,7 @@ class BiLMPretrainTask:
     """
 
     name = "classify-bilm-pretrain"
+    supports_cuda = True  # batches go to the model's array module
     main_metric = "val_loss"
     unit = "tok"
     reports_perplexity = True

@@ -137,6 +137,7 @@ class ForecastTask:
     """Trains a :class:`Forecaster` on one series (see the module docstring)."""
 
     name = "forecast"
+    supports_cuda = True  # batches go to the model's array module
     config_class = ForecastConfig
     main_metric = "val_loss"
 

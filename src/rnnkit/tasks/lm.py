@@ -76,11 +76,11 @@ class LanguageModelTask:
     """Truncated-BPTT language modelling (see the module docstring)."""
 
     name = "lm"
+    supports_cuda = True  # batches go to the model's array module
     config_class = LMTaskConfig
     main_metric = "val_loss"
     reports_perplexity = True  # the progress bar shows exp(loss)
     unit = "tok"  # train_loss counts tokens: the trainer reports tok/s
-    supports_cuda = True  # batches go to the model's array module (train_batches, evaluate_ids)
 
     def __init__(self, config: LMTaskConfig, corpus, seed: int = 0, model: LanguageModel | None = None):
         self.config, self.corpus, self.seed = config, corpus, seed

@@ -121,6 +121,7 @@ class Seq2SeqTask:
     """Trains a :class:`Seq2Seq` on question/answer character pairs (see the module docstring)."""
 
     name = "seq2seq"
+    supports_cuda = True  # batches go to the model's array module
     config_class = Seq2SeqTaskConfig
     main_metric = "val_loss"
     unit = "tok"  # train_loss counts answer tokens (<eos> included)

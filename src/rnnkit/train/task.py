@@ -22,6 +22,11 @@ class Task(Protocol):
     #: (lower is better), e.g. "val_loss"
     main_metric: str
 
+    #: True when train_batches and evaluate put their arrays where the model's live
+    #: (``self.model.xp.asarray``), so ``TrainConfig(device="cuda")`` may move the model to the
+    #: GPU; a task without it is refused there with an error (every bundled task has it)
+    supports_cuda: bool
+
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (e.g. a language model resets its carried state)."""
 

@@ -84,8 +84,8 @@ class TrainConfig:
     early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed of every random stream (init, data order, dropout)"})
     device: str = field(default="cpu", metadata={
-        "help": "cpu | cuda: where the model trains (cuda needs CuPy and a GPU, the lm task only so far; "
-                "checkpoints hold host arrays either way)"})
+        "help": "cpu | cuda: where the model trains (cuda needs CuPy and a GPU; checkpoints hold host "
+                "arrays either way)"})
     run_dir: str = field(default="runs/latest", metadata={"help": "where checkpoints, metrics and figures go"})
     keep_checkpoints: int = field(default=2, metadata={"help": "numbered checkpoints to keep (plus best)"})
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every this many steps (0: epoch ends only)"})
@@ -200,11 +200,11 @@ class WeightAverage:
 
 def _to_gpu(task) -> None:
     """Move the task's model to the GPU, or say why it cannot go (before anything is built on it)."""
-    if not getattr(task, "supports_cuda", False):
-        raise ValueError(f"device 'cuda' with the {getattr(task, 'name', type(task).__name__)!r} task; only the "
-                         "'lm' task trains on the GPU so far: use device 'cpu'")
+    if not getattr(task, "supports_cuda", False):  # a task must put its batches where its model is
+        raise ValueError(f"device 'cuda' with the {getattr(task, 'name', type(task).__name__)!r} task, which "
+                         "builds its batches on the host only (no supports_cuda): use device 'cpu'")
     if not backend.gpu_available():
-        raise RuntimeError("device 'cuda': CuPy is not installed or sees no CUDA device "
+        raise ValueError("device 'cuda': CuPy is not installed or sees no CUDA device "
                            "(pip install 'rnnkit[gpu]' on a machine with a GPU); use device 'cpu'")
     task.model.to(device="cuda")
 
