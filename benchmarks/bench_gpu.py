@@ -8,6 +8,8 @@ LSTM, GRU and RNN. Also one recurrent layer's forward + backward alone (the figu
 
 - ``rnnkit``: this package's layers on CuPy arrays (``device="cuda"``): cuBLAS GEMMs and
   one CUDA kernel per step for the cell math (``kernels/cuda_cells.cu``).
+- ``rnnkit_persistent`` (LSTM only): the same with ``kernels.cuda.persistent()``: each
+  direction's whole loop one cooperative kernel each way, W_hh in shared memory.
 - ``torch``: ``torch.nn`` modules on CUDA, cuDNN's recurrent kernels, TF32 off.
 - ``reference``: ``benchmarks/reference_dl2.py`` (one Python object per step, "Deep
   Learning from Scratch 2" style) with its array module switched to CuPy.
@@ -45,7 +47,8 @@ CONFIGS = {  # name: (V, D, H, num_layers, B, T), as rnnkit/bench.py
     "M": (10000, 650, 650, 2, 20, 35),
     "C": (65, 64, 512, 1, 32, 128),
 }
-FRAMEWORKS = ("rnnkit", "torch", "reference")
+FRAMEWORKS = ("rnnkit", "rnnkit_persistent", "torch", "reference")
+RNNKIT = ("rnnkit", "rnnkit_persistent")  # the variants whose speed is reported as multiples
 CLIP, LR = 0.25, 1.0
 HERE = Path(__file__).resolve().parent
 
@@ -237,9 +240,25 @@ def build_torch_layer(dev: Device, cell, D, H, B, T):
     return step
 
 
+def _persistent(builder):
+    """The rnnkit builder's step, run with the persistent LSTM kernels switched on."""
+    def build(dev: Device, cell, *args):
+        from rnnkit.kernels import cuda  # noqa: PLC0415
+
+        inner = builder(dev, cell, *args)
+
+        def step():
+            with cuda.persistent():
+                return inner()
+        return step
+    return build
+
+
 BUILDERS = {
-    "step": {"rnnkit": build_rnnkit_step, "torch": build_torch_step, "reference": build_reference_step},
-    "layer": {"rnnkit": build_rnnkit_layer, "torch": build_torch_layer},
+    "step": {"rnnkit": build_rnnkit_step, "rnnkit_persistent": _persistent(build_rnnkit_step),
+             "torch": build_torch_step, "reference": build_reference_step},
+    "layer": {"rnnkit": build_rnnkit_layer, "rnnkit_persistent": _persistent(build_rnnkit_layer),
+              "torch": build_torch_layer},
 }
 
 
@@ -251,6 +270,8 @@ def time_case(dev: Device, kind: str, config: str, cell: str, frameworks, rounds
     for fw in frameworks:
         if fw not in BUILDERS[kind] or (fw == "torch" and dev.torch is None):
             continue
+        if fw == "rnnkit_persistent" and (cell != "lstm" or dev.name != "cuda"):
+            continue  # the same code as rnnkit there
         if fw == "torch" and dev.name == "cuda" and not dev.torch_cuda:
             rows.append({"kind": kind, "config": config, "cell": cell, "framework": fw,
                          "error": "this PyTorch build has no CUDA", "trace": ""})
@@ -292,9 +313,9 @@ def ratios(rows: list[dict]) -> list[dict]:
     out = []
     by = {(r["kind"], r["config"], r["cell"], r["framework"]): r for r in rows if "ms" in r}
     for (kind, config, cell, fw), r in by.items():
-        if fw != "rnnkit":
+        if fw not in RNNKIT:
             continue
-        entry = {"kind": kind, "config": config, "cell": cell, "rnnkit_ms": r["ms"]}
+        entry = {"kind": kind, "config": config, "cell": cell, "framework": fw, "ms": r["ms"]}
         for other in ("torch", "reference"):
             o = by.get((kind, config, cell, other))
             if o is not None:
@@ -317,7 +338,8 @@ def format_table(rows: list[dict]) -> str:
     for e in ratios(rows):
         parts = [f"x torch {e['x_torch']:.2f}" if "x_torch" in e else "",
                  f"x reference {e['x_reference']:.1f}" if "x_reference" in e else ""]
-        lines.append(f"  {e['kind']:<6} {e['config']:<3} {e['cell']:<5} " + "  ".join(p for p in parts if p))
+        lines.append(f"  {e['kind']:<6} {e['config']:<3} {e['cell']:<5} {e['framework']:<18} "
+                     + "  ".join(p for p in parts if p))
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ NumPy arrays.
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,15 +25,51 @@ import numpy as np
 from rnnkit.kernels import cuda
 
 SHIM = r"""
+#include <atomic>
+#include <barrier>
 #include <cmath>
+#include <memory>
+#include <thread>
+#include <vector>
 struct rk_dim3 { unsigned x; };
-extern "C" { rk_dim3 blockIdx, threadIdx, blockDim, gridDim; }
+static thread_local rk_dim3 blockIdx, threadIdx, blockDim, gridDim;
+static thread_local unsigned char* rk_emu_shared = nullptr;
+static thread_local std::barrier<>* rk_emu_block_barrier = nullptr;
+extern "C" void rk_emu_set_thread(unsigned b, unsigned t, unsigned grid, unsigned block) {
+    blockIdx.x = b; threadIdx.x = t; gridDim.x = grid; blockDim.x = block;
+}
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define RK_DYNAMIC_SHARED(name) unsigned char* name = rk_emu_shared
+inline void __syncthreads() { rk_emu_block_barrier->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+template <class T> inline T __ldcg(const T* p) { T v; __atomic_load(p, &v, __ATOMIC_SEQ_CST); return v; }
+
+// a cooperative launch: every thread of the grid a std::thread, each block its own shared
+// memory and __syncthreads barrier, all running at once (as resident blocks do)
+template <class F> static void rk_emu_run(unsigned grid, unsigned block, size_t smem, F body) {
+    std::vector<std::vector<unsigned char>> shared(grid, std::vector<unsigned char>(smem + 16, 0xff));
+    std::vector<std::unique_ptr<std::barrier<>>> barriers;
+    for (unsigned b = 0; b < grid; ++b) barriers.emplace_back(new std::barrier<>(block));
+    std::vector<std::thread> threads;
+    for (unsigned b = 0; b < grid; ++b)
+        for (unsigned t = 0; t < block; ++t)
+            threads.emplace_back([&, b, t] {
+                rk_emu_set_thread(b, t, grid, block);
+                rk_emu_shared = shared[b].data();
+                rk_emu_block_barrier = barriers[b].get();
+                body();
+            });
+    for (auto& th : threads) th.join();
+}
 """
 
-# each kernel's parameters, in the order of the .cu signatures: p = pointer, l = long long, i = int
+# each kernel's parameters, in the order of the .cu signatures: p = pointer to REAL, u = pointer to
+# unsigned int, l = long long, i = int (tests/test_cuda_kernels.py reads them off the .cu and compares)
 SIGNATURES = {
     "rk_lstm_forward": "pppppll",
     "rk_lstm_backward": "pppppipippll",
@@ -40,8 +77,44 @@ SIGNATURES = {
     "rk_gru_backward": "pppppipppill",
     "rk_rnn_forward": "ppil",
     "rk_rnn_backward": "pppipil",
+    "rk_lstm_persistent_forward": "plppppullll",
+    "rk_lstm_persistent_backward": "plppppippullll",
 }
-_CTYPE = {"p": ctypes.c_void_p, "l": ctypes.c_longlong, "i": ctypes.c_int}
+# the kernels that run as one cooperative grid (all threads at once, with barriers)
+COOPERATIVE = ("rk_lstm_persistent_forward", "rk_lstm_persistent_backward")
+_CTYPE = {"p": ctypes.c_void_p, "u": ctypes.c_void_p, "l": ctypes.c_longlong, "i": ctypes.c_int}
+_KERNEL_DECL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
+
+
+def kernel_params(source: str) -> dict[str, list[tuple[str, str]]]:
+    """name -> [(C type, parameter name)] of every kernel in the .cu text."""
+    out = {}
+    for name, params in _KERNEL_DECL.findall(source):
+        out[name] = [tuple(p.strip().rsplit(" ", 1)) for p in params.replace("\n", " ").split(",")]
+    return out
+
+
+def _launchers(source: str) -> str:
+    """C entry points that run a whole grid of each kernel: the cooperative ones over
+    std::threads all at once, the others thread after thread."""
+    text = []
+    for name, params in kernel_params(source).items():
+        decl = ", ".join(f"{ctype} {pname}" for ctype, pname in params)
+        args = ", ".join(pname for _, pname in params)
+        if name in COOPERATIVE:
+            text.append(f'extern "C" void rk_emu_{name}(unsigned grid, unsigned block, size_t smem, {decl}) {{\n'
+                        f"    rk_emu_run(grid, block, smem, [=] {{ {name}({args}); }});\n}}\n")
+        else:
+            text.append(f'extern "C" void rk_emu_{name}(unsigned grid, unsigned block, {decl}) {{\n'
+                        f"    for (unsigned b = 0; b < grid; ++b)\n"
+                        f"        for (unsigned t = 0; t < block; ++t) {{\n"
+                        f"            rk_emu_set_thread(b, t, grid, block);\n"
+                        f"            {name}({args});\n"
+                        f"        }}\n}}\n")
+    return "\n".join(text)
+
+
+_BUILT: dict[str, ctypes.CDLL] = {}
 
 
 def compiler() -> str | None:
@@ -59,14 +132,15 @@ class Emulator:
         real = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[self.dtype]
         src = Path(workdir) / f"cells_{real}.cpp"
         lib = Path(workdir) / f"cells_{real}.so"
-        src.write_text(SHIM + f"#define REAL {real}\n" + cuda.source())
-        # -ffp-contract=off: no fused multiply-adds the device might not make either
-        subprocess.run([cxx, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-o", str(lib), str(src)],
-                       check=True, capture_output=True, text=True)
-        self.lib = ctypes.CDLL(str(lib))
-        # each of the four is a struct of one unsigned (.x): set through its first member
-        self.dims = {name: ctypes.c_uint.in_dll(self.lib, name)
-                     for name in ("blockIdx", "threadIdx", "blockDim", "gridDim")}
+        source = cuda.source()
+        text = SHIM + f"#define REAL {real}\n" + source + "\n" + _launchers(source)
+        self.lib = _BUILT.get(text)  # one build per text and process, shared by the test modules
+        if self.lib is None:
+            src.write_text(text)
+            # -ffp-contract=off: no fused multiply-adds the device might not make either
+            subprocess.run([cxx, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-shared", "-fPIC", "-o",
+                            str(lib), str(src)], check=True, capture_output=True, text=True)
+            self.lib = _BUILT[text] = ctypes.CDLL(str(lib))
         # (kernel, grid, block) of every launch, in order (a list shared between emulators)
         self.launches: list[tuple[str, int, int]] = [] if launches is None else launches
         # collapse: run each launch as one thread whose grid-stride loop covers every element (the
@@ -74,21 +148,28 @@ class Emulator:
         self.collapse = collapse
 
     def kernel(self, name: str):
-        fn = getattr(self.lib, name)
-        fn.restype = None
         kinds = SIGNATURES[name]
-        fn.argtypes = [_CTYPE[k] for k in kinds]
+        cooperative = name in COOPERATIVE
+        fn = getattr(self.lib, f"rk_emu_{name}")
+        fn.restype = None
+        fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + ([ctypes.c_size_t] if cooperative else []) + \
+            [_CTYPE[k] for k in kinds]
 
-        def launch(grid, block, args):
+        def launch(grid, block, args, shared_mem=0):
             if len(args) != len(kinds):
                 raise TypeError(f"{name} takes {len(kinds)} arguments; got {len(args)}")
             values = []
             for kind, arg in zip(kinds, args):
-                if kind == "p":
-                    if not isinstance(arg, np.ndarray) or arg.dtype != self.dtype or not arg.flags.c_contiguous:
+                if kind in "pu":
+                    want = self.dtype if kind == "p" else np.dtype(np.uint32)
+                    # a view's data pointer is where its element [0] is, as CuPy passes it (a reversed
+                    # view of a time axis included); the kernels index from there with the strides given
+                    if not isinstance(arg, np.ndarray) or arg.dtype != want:
                         raise TypeError(f"{name}: pointer argument {getattr(arg, 'dtype', type(arg))}; "
-                                        f"expected a C-contiguous {self.dtype} array")
-                    values.append(arg.ctypes.data)
+                                        f"expected a {want} array")
+                    if not cooperative and not arg.flags.c_contiguous:
+                        raise TypeError(f"{name}: pointer argument not C-contiguous")
+                    values.append(arg.__array_interface__["data"][0])
                 elif kind == "l":
                     if not isinstance(arg, np.int64):
                         raise TypeError(f"{name}: long long argument {arg!r}; expected numpy.int64")
@@ -99,14 +180,14 @@ class Emulator:
                     values.append(int(arg))
             (gx,), (bx,) = grid, block
             self.launches.append((name, gx, bx))
+            if cooperative:
+                fn(gx, bx, shared_mem, *values)
+                return
+            if shared_mem:
+                raise TypeError(f"{name} takes no shared memory; got shared_mem={shared_mem}")
             if self.collapse:
                 gx = bx = 1
-            self.dims["gridDim"].value, self.dims["blockDim"].value = gx, bx
-            for b in range(gx):
-                self.dims["blockIdx"].value = b
-                for t in range(bx):
-                    self.dims["threadIdx"].value = t
-                    fn(*values)
+            fn(gx, bx, *values)
 
         return launch
 

@@ -71,14 +71,20 @@ def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     monkeypatch.setattr(backend, "_cupy", cupy)
-    monkeypatch.setattr(cuda, "_kernel", Emulators(tmp_path, collapse=True).lookup)
+    emulators = Emulators(tmp_path, collapse=True)
+    monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
+    monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
+    monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
     bench = _load()
     out = tmp_path / "gpu.json"
-    rc = bench.main(["--device", "cuda", "--configs", "S", "--cells", "lstm", "--frameworks", "rnnkit,reference",
+    rc = bench.main(["--device", "cuda", "--configs", "S", "--cells", "lstm",
+                     "--frameworks", "rnnkit,rnnkit_persistent,reference",
                      "--rounds", "1", "--reference-rounds", "1", "--warmup", "1", "--json", str(out)])
     data = json.loads(out.read_text())
     assert rc == 0, [r.get("trace") for r in data["rows"]]
-    assert {(r["kind"], r["framework"]) for r in data["rows"]} == {("step", "rnnkit"), ("step", "reference"),
-                                                                   ("layer", "rnnkit")}
+    assert {(r["kind"], r["framework"]) for r in data["rows"]} == {
+        ("step", "rnnkit"), ("step", "rnnkit_persistent"), ("step", "reference"), ("layer", "rnnkit"),
+        ("layer", "rnnkit_persistent")}
+    assert {name for name, _, _ in emulators.launches} >= {"rk_lstm_persistent_forward", "rk_lstm_persistent_backward"}
     assert data["environment"]["gpu"].startswith("fake device")
     assert all(r["peak_mib"] == 0 for r in data["rows"])  # the fake pool holds nothing; real ones report MiB

@@ -23,7 +23,7 @@ import rnnkit
 from rnnkit import kernels
 from rnnkit.kernels import cuda, fused, pointwise
 
-from cuda_emulator import SIGNATURES, Emulators, compiler
+from cuda_emulator import SIGNATURES, Emulators, compiler, kernel_params
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler to run the kernels on the CPU")
 
@@ -281,9 +281,7 @@ def test_nvcc_compiles_every_kernel(tmp_path, real):
 
 def test_emulator_signatures_match_the_source():
     """The emulator's argument kinds are read off the .cu text, so the two cannot drift."""
-    kinds = {"REAL*": "p", "rk_index": "l", "int": "i"}
-    found = {}
-    for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', cuda.source()):
-        found[name] = "".join(kinds[re.sub(r"\bconst\s+", "", p).rsplit(" ", 1)[0].replace(" ", "")]
-                              for p in params.replace("\n", " ").split(","))
+    kinds = {"REAL*": "p", "unsignedint*": "u", "rk_index": "l", "int": "i"}
+    found = {name: "".join(kinds[re.sub(r"\bconst\s+", "", ctype).replace(" ", "")] for ctype, _ in params)
+             for name, params in kernel_params(cuda.source()).items()}
     assert found == SIGNATURES

@@ -204,6 +204,62 @@ def test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic(monkey
     assert used == ["generic forward_loop"] * 2 + ["generic backward_loop"] * 2
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", ["plain", "bidirectional", "stateful", "wide"])
+def test_persistent_lstm_matches_the_cpu(dtype, variant, monkeypatch):
+    """The opt-in persistent kernels (the whole loop of a direction in one launch each way):
+    the same outputs and gradients as the CPU, reversed directions and carried state included;
+    "wide" has H = 265, several units per block and a last block with fewer."""
+    launched = []
+    real = cuda._launch_cooperative
+    monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: (launched.append(name), real(name, *a)))
+    kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful"}
+    H = 265 if variant == "wide" else 9
+    cpu = rnnkit.layers.LSTM(7, H, num_layers=2, dtype=dtype, seed=3, **kw)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    rng = np.random.default_rng(12)
+    B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
+    width = H * (2 if kw["bidirectional"] else 1)
+    xs = [rng.standard_normal((B, T, 7)).astype(dtype) for _ in range(chunks)]
+    dys = [rng.standard_normal((B, T, width)).astype(dtype) for _ in range(chunks)]
+    want, want_grads = _run(cpu, xs, dys, None, np)
+    with cuda.persistent():
+        got, got_grads = _run(gpu, xs, dys, None, cp)
+    for g, w in zip(got, want):
+        _close(g, w, dtype)
+    for name in want_grads:
+        _close(got_grads[name], want_grads[name], dtype)
+    per_chunk = 2 * (2 if kw["bidirectional"] else 1)  # layers x directions
+    assert launched == (["rk_lstm_persistent_forward"] * per_chunk + ["rk_lstm_persistent_backward"] * per_chunk) \
+        * chunks
+    assert not cuda.persistent_enabled()  # the context manager restored the default
+
+
+def test_persistent_lstm_falls_back_where_it_does_not_fit(monkeypatch):
+    monkeypatch.setattr(cuda, "_device_limits", lambda: (132, 64))  # 64 bytes of shared memory: nothing fits
+    assert cuda.persistent_plan(20, 100, 4) is None and cuda.persistent_plan(2, 5, 4) is None
+    launched = []
+    monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: launched.append(name))
+    net = rnnkit.layers.LSTM(4, 5, dtype=np.float32, seed=0).to(device="cuda")
+    with cuda.persistent():
+        y, _ = net.forward(cp.ones((2, 3, 4), cp.float32))
+        net.backward(cp.ones_like(y))
+    assert launched == [] and bool(cp.isfinite(y).all())
+
+
+def test_persistent_plan_splits_units_over_the_multiprocessors(monkeypatch):
+    monkeypatch.setattr(cuda, "_device_limits", lambda: (132, 227 * 1024))
+    s = cuda.persistent_plan(20, 100, 4)  # config S
+    assert (s.units, s.grid, s.block) == (1, 100, 32)
+    m = cuda.persistent_plan(20, 650, 4)  # config M: 5 units a block, 130 blocks
+    assert (m.units, m.grid, m.block) == (5, 130, 128)
+    assert m.forward_shared == (4 * 5 * 651 + 20 * 651) * 4 and m.backward_shared == 5 * 2601 * 4
+    c = cuda.persistent_plan(32, 512, 4)  # config C
+    assert (c.units, c.grid, c.block) == (4, 128, 128)
+    assert cuda.persistent_plan(20, 650, 8) is not None  # float64 M: 208 KB, still under 227
+    assert cuda.persistent_plan(64, 4096, 4) is None  # too big for shared memory
+
+
 # ------------------------------------------------------------------ language model
 def _tiny_lm(cell, dtype):
     cfg = LanguageModelConfig(vocab_size=1500, cell=cell, embedding_size=16, hidden_size=16, num_layers=2,

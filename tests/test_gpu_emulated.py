@@ -27,6 +27,9 @@ from test_gpu import (  # collected here, run against the fake device
     test_every_task_trains_on_the_gpu_as_on_the_cpu,
     test_layer_on_the_gpu_matches_the_cpu,
     test_lm_training_steps_on_the_gpu_match_the_cpu,
+    test_persistent_lstm_falls_back_where_it_does_not_fit,
+    test_persistent_lstm_matches_the_cpu,
+    test_persistent_plan_splits_units_over_the_multiprocessors,
     test_time_loop_never_waits_for_the_device,
     test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
     test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic,
@@ -35,6 +38,8 @@ from test_gpu import (  # collected here, run against the fake device
 COLLECTED = (test_cell_math_is_one_launch_per_step, test_device_kernels_match_the_reference,
              test_every_task_trains_on_the_gpu_as_on_the_cpu,
              test_layer_on_the_gpu_matches_the_cpu, test_lm_training_steps_on_the_gpu_match_the_cpu,
+             test_persistent_lstm_falls_back_where_it_does_not_fit, test_persistent_lstm_matches_the_cpu,
+             test_persistent_plan_splits_units_over_the_multiprocessors,
              test_time_loop_never_waits_for_the_device, test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
              test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic)
 
@@ -54,6 +59,9 @@ def fake_device(monkeypatch, emulators):
     monkeypatch.setattr(backend, "_cupy", cupy)
     monkeypatch.setattr(backend, "gpu_available", lambda: True)
     monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
+    monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
+    # four "multiprocessors" (grids of at most 4 blocks of std::threads) and room for any shape
+    monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
     monkeypatch.setattr(test_gpu, "cp", cupy)
     monkeypatch.setattr(test_gpu, "cupyx", cupyx)
     yield

@@ -26,7 +26,10 @@ a loop) against the reference, and compiles it with nvcc where nvcc is installed
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -180,6 +183,98 @@ def loop_takes(cache, xw) -> bool:
             and cache.W_hh.flags.c_contiguous)
 
 
+# ------------------------------------------------------- the persistent LSTM (opt-in)
+_PERSISTENT = [os.environ.get("RNNKIT_CUDA_PERSISTENT", "0") == "1"]
+_cooperative: dict = {}
+_limits: list = []
+
+
+def use_persistent(on: bool = True) -> None:
+    """Run unmasked LSTM directions as one persistent kernel each way (``rk_lstm_persistent_*``:
+    W_hh on chip for all steps, one grid barrier a step, one launch a sequence) where the
+    shapes fit (:func:`persistent_plan`); else the GEMM loop. Off by default until it has
+    been measured on a GPU; ``RNNKIT_CUDA_PERSISTENT=1`` turns it on for a process."""
+    _PERSISTENT[0] = bool(on)
+
+
+def persistent_enabled() -> bool:
+    return _PERSISTENT[0]
+
+
+@contextmanager
+def persistent(on: bool = True):
+    """``with cuda.persistent():`` the persistent LSTM kernels for a block, then as before."""
+    before = _PERSISTENT[0]
+    use_persistent(on)
+    try:
+        yield
+    finally:
+        use_persistent(before)
+
+
+class PersistentPlan(NamedTuple):
+    units: int  # hidden units per block (u)
+    grid: int  # blocks: ceil(H / u), at most one per multiprocessor
+    block: int  # threads per block: one per (row, unit) of the block, a multiple of 32
+    forward_shared: int  # bytes: W_hh's rows of the block's units (4u x Hp) and h_{t-1} (B x Hp)
+    backward_shared: int  # bytes: W_hh's columns of the block's units (u x Gp)
+
+
+def _device_limits() -> tuple[int, int]:
+    """(multiprocessors, opt-in shared memory bytes per block) of the current device."""
+    if not _limits:
+        attrs = backend._import_cupy().cuda.Device().attributes
+        _limits.append((int(attrs["MultiProcessorCount"]), int(attrs["MaxSharedMemoryPerBlockOptin"])))
+    return _limits[0]
+
+
+def persistent_plan(B: int, H: int, itemsize: int) -> PersistentPlan | None:
+    """How the persistent kernels split (B, H) over the device, or None where they do not fit
+    (more shared memory than a block may have, or a block over 1024 threads)."""
+    sms, shared_max = _device_limits()
+    u = -(-H // sms)
+    grid = -(-H // u)
+    Hp, Gp = H | 1, (4 * H) | 1
+    block = 32 * -(-(B * u) // 32)
+    fwd = (4 * u * Hp + B * Hp) * itemsize
+    bwd = u * Gp * itemsize
+    if block > 1024 or max(fwd, bwd) > shared_max:
+        return None
+    return PersistentPlan(u, grid, block, fwd, bwd)
+
+
+def _cooperative_kernel(name: str, dtype):
+    """A kernel launched cooperatively (``cuLaunchCooperativeKernel``: all its blocks resident
+    at once, or the launch fails; never a deadlock at the grid barrier)."""
+    key = (name, np.dtype(dtype))
+    kernel = _cooperative.get(key)
+    if kernel is None:
+        cp = backend._import_cupy()
+        kernel = cp.RawKernel(source(), name, options=("-std=c++14", f"-DREAL={_CTYPES[key[1]]}"),
+                              enable_cooperative_groups=True)
+        _cooperative[key] = kernel
+    return kernel
+
+
+def _launch_cooperative(name: str, dtype, grid: int, block: int, shared: int, args: tuple) -> None:
+    kernel = _cooperative_kernel(name, dtype)
+    if shared > 48 * 1024 and getattr(kernel, "max_dynamic_shared_size_bytes", shared) < shared:
+        kernel.max_dynamic_shared_size_bytes = shared  # beyond the default 48 KiB: opt in
+    kernel((grid,), (block,), args, shared_mem=shared)
+
+
+def _persistent_plan_for(c, dtype):
+    if c.mode != "lstm" or not _PERSISTENT[0]:
+        return None
+    B, H = c.Hs.shape[1], c.Hs.shape[2]
+    return persistent_plan(B, H, np.dtype(dtype).itemsize)
+
+
+def _step_stride(a) -> np.int64:
+    """Elements from step t to step t + 1 of a (T, ...) array or reversed view (negative)."""
+    return np.int64(a.strides[0] // a.itemsize)
+
+
 def forward_loop(c, xw, b_hh) -> None:
     """The unmasked time loop of ``layers.unroll`` on the GPU: per step one cuBLAS GEMM
     (``h_{t-1} W_hh^T``, added straight into the step's pre-activations, or into ``hw``
@@ -188,6 +283,13 @@ def forward_loop(c, xw, b_hh) -> None:
     H = c.W_hh.shape[1]
     n, Hn = np.int64(B * H), np.int64(H)
     Hs, W_hh, dtype = c.Hs, c.W_hh, xw.dtype
+    plan = _persistent_plan_for(c, dtype)
+    if plan is not None:  # the whole loop in one launch
+        bar = backend.get_array_module(xw).zeros(2, dtype=np.uint32)
+        _launch_cooperative("rk_lstm_persistent_forward", dtype, plan.grid, plan.block, plan.forward_shared,
+                            (xw, _step_stride(xw), W_hh, Hs, c.Cs, c.tanh_c, bar, np.int64(T), np.int64(B), Hn,
+                             np.int64(plan.units)))
+        return
     if c.mode == "lstm":
         for t in range(T):
             A = xw[t]  # x W_ih^T + bias; + h W_hh^T; then the activated gates
@@ -224,6 +326,13 @@ def backward_loop(c, dXW, dHW_n, dy, dh, dc):
     if dy is not None:
         dy = xp.ascontiguousarray(dy)  # a bidirectional layer's dy is a strided slice
     dy_t = (lambda t: dy[t]) if dy is not None else (lambda t: dh)  # never read without its flag
+    plan = _persistent_plan_for(c, dtype)
+    if plan is not None and dh.flags.c_contiguous and dc.flags.c_contiguous:
+        bar = xp.zeros(2, dtype=np.uint32)
+        _launch_cooperative("rk_lstm_persistent_backward", dtype, plan.grid, plan.block, plan.backward_shared,
+                            (dXW, _step_stride(dXW), c.Cs, c.tanh_c, W_hh, dh if dy is None else dy, has_dy, dh, dc,
+                             bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units)))
+        return dh, dc
     if c.mode == "lstm":
         dc_prev = xp.empty((B, H), dtype=dtype)
         for t in range(T - 1, -1, -1):
@@ -251,5 +360,6 @@ def available() -> bool:
     return backend.gpu_available()
 
 
-__all__ = ["available", "backward_loop", "forward_loop", "gemm", "gru_backward", "gru_forward", "loop_takes",
-           "lstm_backward", "lstm_forward", "rnn_backward", "rnn_forward", "source"]
+__all__ = ["PersistentPlan", "available", "backward_loop", "forward_loop", "gemm", "gru_backward", "gru_forward",
+           "loop_takes", "lstm_backward", "lstm_forward", "persistent", "persistent_enabled", "persistent_plan",
+           "rnn_backward", "rnn_forward", "source", "use_persistent"]

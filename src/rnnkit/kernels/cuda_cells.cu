@@ -171,3 +171,155 @@ extern "C" __global__ void rk_rnn_backward(const REAL* h, const REAL* dh, const 
         da[k] = relu ? (y > (REAL)0 ? g_h : (REAL)0) : g_h * ((REAL)1 - y * y);
     }
 }
+
+// ====================================================================== persistent LSTM
+// The whole time loop of one LSTM direction in one launch (opt-in: kernels.cuda.persistent).
+// Block b owns the hidden units [b*u, b*u + u) of every gate; it keeps their rows of W_hh
+// (forward) or their columns (backward) in shared memory for all T steps, and the blocks
+// meet at a grid barrier once per step: no launch, no host round trip and no reload of
+// W_hh between steps. Launched cooperatively (all blocks resident, one per SM at most), so
+// the barrier cannot deadlock. Shared memory rows are padded to an odd stride (bank
+// conflicts between the units a warp reads side by side).
+//
+// Global memory written by another block is read with __ldcg (L2, never a stale L1 line).
+
+#ifndef RK_DYNAMIC_SHARED
+#define RK_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+// All blocks wait here until every block has arrived. bar[0] counts arrivals, bar[1] is the
+// generation; both start at 0. *gen is the caller's own count of barriers passed (thread 0's).
+__device__ __forceinline__ void rk_grid_sync(unsigned int* bar, unsigned int nblocks, unsigned int* gen) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int target = *gen + 1;
+        __threadfence();  // this block's writes, before its arrival is seen
+        if (atomicAdd(bar, 1u) == nblocks - 1) {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicExch(bar + 1, target);
+        } else {
+            while (atomicAdd(bar + 1, 0u) < target) {
+                __nanosleep(32);
+            }
+        }
+        *gen = target;
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ rk_index rk_padded(rk_index n) { return n | 1; }
+
+// Forward. xw: step t's pre-activations (x W_ih^T + bias, (B, 4H)) at xw + t * xw_step
+// (xw_step < 0 for a reverse direction's view), replaced by the activated gates. Hs, Cs
+// (T+1, B, H) hold h_0, c_0 at [0] and receive the rest; tanh_c (T, B, H).
+// Shared: W rows (4u x Hp) then h_{t-1} (B x Hp), Hp = H | 1.
+extern "C" __global__ void rk_lstm_persistent_forward(REAL* xw, rk_index xw_step, const REAL* W_hh, REAL* Hs,
+                                                      REAL* Cs, REAL* tanh_c, unsigned int* bar, rk_index T,
+                                                      rk_index B, rk_index H, rk_index u) {
+    RK_DYNAMIC_SHARED(rk_smem);
+    REAL* w = (REAL*)rk_smem;
+    const rk_index Hp = rk_padded(H);
+    REAL* hs = w + 4 * u * Hp;
+    const rk_index j0 = (rk_index)blockIdx.x * u;
+    const rk_index nu = (H - j0 < u) ? (H - j0) : u;
+    unsigned int gen = 0;
+    for (rk_index idx = threadIdx.x; idx < 4 * nu * H; idx += blockDim.x) {
+        const rk_index g = idx / (nu * H), rest = idx - g * nu * H, jj = rest / H, k = rest - jj * H;
+        w[(g * u + jj) * Hp + k] = W_hh[(g * H + j0 + jj) * H + k];
+    }
+    for (rk_index t = 0; t < T; ++t) {
+        const REAL* h_prev = Hs + t * B * H;
+        for (rk_index idx = threadIdx.x; idx < B * H; idx += blockDim.x) {
+            const rk_index b = idx / H, k = idx - b * H;
+            hs[b * Hp + k] = __ldcg(h_prev + idx);
+        }
+        __syncthreads();
+        REAL* a = xw + t * xw_step;
+        for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
+            const rk_index b = p / nu, jj = p - b * nu, j = j0 + jj;
+            REAL* ab = a + b * 4 * H + j;
+            REAL si = ab[0], sf = ab[H], sg = ab[2 * H], so = ab[3 * H];
+            const REAL* hb = hs + b * Hp;
+            const REAL* wi = w + (0 * u + jj) * Hp;
+            const REAL* wf = w + (1 * u + jj) * Hp;
+            const REAL* wg = w + (2 * u + jj) * Hp;
+            const REAL* wo = w + (3 * u + jj) * Hp;
+            for (rk_index k = 0; k < H; ++k) {
+                const REAL hv = hb[k];
+                si += hv * wi[k];
+                sf += hv * wf[k];
+                sg += hv * wg[k];
+                so += hv * wo[k];
+            }
+            const REAL gi = rk_sigmoid(si), gf = rk_sigmoid(sf), gg = rk_tanh(sg), go = rk_sigmoid(so);
+            ab[0] = gi;
+            ab[H] = gf;
+            ab[2 * H] = gg;
+            ab[3 * H] = go;
+            const rk_index k = b * H + j;
+            const REAL cn = gf * Cs[t * B * H + k] + gi * gg;
+            const REAL tc = rk_tanh(cn);
+            Cs[(t + 1) * B * H + k] = cn;
+            tanh_c[t * B * H + k] = tc;
+            Hs[(t + 1) * B * H + k] = go * tc;
+        }
+        rk_grid_sync(bar, gridDim.x, &gen);  // h_t complete before any block reads it
+    }
+}
+
+// Backward (BPTT). gates: step t's activated gates at gates + t * g_step, replaced by dA_t
+// (the gradient of the pre-activations). dy (T, B, H) where has_dy; dh, dc (B, H): the
+// gradients reaching h_T, c_T in, those reaching h_0, c_0 out. Each block reads and writes
+// only its own units of dh and dc; dA_t crosses blocks, once per step, after the barrier:
+// dh_{t-1}[:, k] = dA_t W_hh[:, k] for the block's k. Shared: W_hh's columns (u x Gp).
+extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_step, const REAL* Cs,
+                                                       const REAL* tanh_c, const REAL* W_hh, const REAL* dy,
+                                                       int has_dy, REAL* dh, REAL* dc, unsigned int* bar,
+                                                       rk_index T, rk_index B, rk_index H, rk_index u) {
+    RK_DYNAMIC_SHARED(rk_smem);
+    REAL* w = (REAL*)rk_smem;
+    const rk_index G = 4 * H, Gp = rk_padded(G);
+    const rk_index j0 = (rk_index)blockIdx.x * u;
+    const rk_index nu = (H - j0 < u) ? (H - j0) : u;
+    unsigned int gen = 0;
+    for (rk_index idx = threadIdx.x; idx < nu * G; idx += blockDim.x) {
+        const rk_index r = idx / nu, kk = idx - r * nu;
+        w[kk * Gp + r] = W_hh[r * H + j0 + kk];
+    }
+    __syncthreads();
+    for (rk_index t = T - 1; t >= 0; --t) {
+        REAL* dA = gates + t * g_step;
+        for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
+            const rk_index b = p / nu, j = j0 + (p - b * nu), k = b * H + j;
+            REAL* ab = dA + b * G + j;
+            const REAL gi = ab[0], gf = ab[H], gg = ab[2 * H], go = ab[3 * H];
+            const REAL tc = tanh_c[t * B * H + k];
+            const REAL g_h = has_dy ? dh[k] + dy[t * B * H + k] : dh[k];
+            const REAL dct = dc[k] + g_h * go * ((REAL)1 - tc * tc);
+            ab[0] = dct * gg * (gi * ((REAL)1 - gi));
+            ab[H] = dct * Cs[t * B * H + k] * (gf * ((REAL)1 - gf));
+            ab[2 * H] = dct * gi * ((REAL)1 - gg * gg);
+            ab[3 * H] = g_h * tc * (go * ((REAL)1 - go));
+            dc[k] = dct * gf;
+        }
+        rk_grid_sync(bar, gridDim.x, &gen);  // dA_t complete before any block reads it
+        for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
+            const rk_index b = p / nu, kk = p - b * nu;
+            const REAL* row = dA + b * G;
+            const REAL* wc = w + kk * Gp;
+            REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (rk_index r = 0; r < H; ++r) {  // the four gate blocks side by side: four chains
+                s0 += __ldcg(row + r) * wc[r];
+                s1 += __ldcg(row + H + r) * wc[H + r];
+                s2 += __ldcg(row + 2 * H + r) * wc[2 * H + r];
+                s3 += __ldcg(row + 3 * H + r) * wc[3 * H + r];
+            }
+            dh[b * H + j0 + kk] = (s0 + s1) + (s2 + s3);
+        }
+        // no grid barrier here: the next step reads only this block's own units of dh and dc,
+        // and writes dA_{t-1}, which no block reads before the next barrier
+        __syncthreads();
+    }
+}
