@@ -78,7 +78,7 @@ SIGNATURES = {
     "rk_rnn_forward": "ppil",
     "rk_rnn_backward": "pppipil",
     "rk_lstm_persistent_forward": "plppppullll",
-    "rk_lstm_persistent_backward": "plppppippullll",
+    "rk_lstm_persistent_backward": "plppppippulllll",
 }
 # the kernels that run as one cooperative grid (all threads at once, with barriers)
 COOPERATIVE = ("rk_lstm_persistent_forward", "rk_lstm_persistent_backward")

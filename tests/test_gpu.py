@@ -253,9 +253,10 @@ def test_persistent_plan_splits_units_over_the_multiprocessors(monkeypatch):
     assert (s.units, s.grid, s.block) == (1, 100, 32)
     m = cuda.persistent_plan(20, 650, 4)  # config M: 5 units a block, 130 blocks
     assert (m.units, m.grid, m.block) == (5, 130, 128)
-    assert m.forward_shared == (4 * 5 * 651 + 20 * 651) * 4 and m.backward_shared == 5 * 2601 * 4
+    assert m.chunk == 192  # 20 rows x 193 x 4 bytes: the 16 KiB tile
+    assert m.forward_shared == (4 * 5 * 651 + 20 * 651) * 4 and m.backward_shared == (5 * 2601 + 20 * 193) * 4
     c = cuda.persistent_plan(32, 512, 4)  # config C
-    assert (c.units, c.grid, c.block) == (4, 128, 128)
+    assert (c.units, c.grid, c.block, c.chunk) == (4, 128, 128, 128)
     assert cuda.persistent_plan(20, 650, 8) is not None  # float64 M: 208 KB, still under 227
     assert cuda.persistent_plan(64, 4096, 4) is None  # too big for shared memory
 

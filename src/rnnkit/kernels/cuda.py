@@ -185,6 +185,7 @@ def loop_takes(cache, xw) -> bool:
 
 # ------------------------------------------------------- the persistent LSTM (opt-in)
 _PERSISTENT = [os.environ.get("RNNKIT_CUDA_PERSISTENT", "0") == "1"]
+TILE_BYTES = 16 * 1024  # the backward's tile of dA_t in shared memory
 _cooperative: dict = {}
 _limits: list = []
 
@@ -217,7 +218,8 @@ class PersistentPlan(NamedTuple):
     grid: int  # blocks: ceil(H / u), at most one per multiprocessor
     block: int  # threads per block: one per (row, unit) of the block, a multiple of 32
     forward_shared: int  # bytes: W_hh's rows of the block's units (4u x Hp) and h_{t-1} (B x Hp)
-    backward_shared: int  # bytes: W_hh's columns of the block's units (u x Gp)
+    backward_shared: int  # bytes: W_hh's columns of the block's units (u x Gp) and a tile of dA_t (B x Rp)
+    chunk: int  # R: the columns of dA_t a backward tile holds (about 16 KiB)
 
 
 def _device_limits() -> tuple[int, int]:
@@ -236,11 +238,12 @@ def persistent_plan(B: int, H: int, itemsize: int) -> PersistentPlan | None:
     grid = -(-H // u)
     Hp, Gp = H | 1, (4 * H) | 1
     block = 32 * -(-(B * u) // 32)
+    chunk = min(4 * H, max(32, (TILE_BYTES // (B * itemsize)) // 32 * 32))
     fwd = (4 * u * Hp + B * Hp) * itemsize
-    bwd = u * Gp * itemsize
+    bwd = (u * Gp + B * (chunk | 1)) * itemsize
     if block > 1024 or max(fwd, bwd) > shared_max:
         return None
-    return PersistentPlan(u, grid, block, fwd, bwd)
+    return PersistentPlan(u, grid, block, fwd, bwd, chunk)
 
 
 def _cooperative_kernel(name: str, dtype):
@@ -331,7 +334,7 @@ def backward_loop(c, dXW, dHW_n, dy, dh, dc):
         bar = xp.zeros(2, dtype=np.uint32)
         _launch_cooperative("rk_lstm_persistent_backward", dtype, plan.grid, plan.block, plan.backward_shared,
                             (dXW, _step_stride(dXW), c.Cs, c.tanh_c, W_hh, dh if dy is None else dy, has_dy, dh, dc,
-                             bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units)))
+                             bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units), np.int64(plan.chunk)))
         return dh, dc
     if c.mode == "lstm":
         dc_prev = xp.empty((B, H), dtype=dtype)

@@ -273,14 +273,18 @@ extern "C" __global__ void rk_lstm_persistent_forward(REAL* xw, rk_index xw_step
 // (the gradient of the pre-activations). dy (T, B, H) where has_dy; dh, dc (B, H): the
 // gradients reaching h_T, c_T in, those reaching h_0, c_0 out. Each block reads and writes
 // only its own units of dh and dc; dA_t crosses blocks, once per step, after the barrier:
-// dh_{t-1}[:, k] = dA_t W_hh[:, k] for the block's k. Shared: W_hh's columns (u x Gp).
+// dh_{t-1}[:, k] = dA_t W_hh[:, k] for the block's k, dA_t staged through shared memory R
+// columns at a time (coalesced loads; a thread then reads the tile and W_hh's columns from
+// shared memory only). Shared: W_hh's columns (u x Gp), then the tile (B x Rp), Rp = R | 1.
 extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_step, const REAL* Cs,
                                                        const REAL* tanh_c, const REAL* W_hh, const REAL* dy,
                                                        int has_dy, REAL* dh, REAL* dc, unsigned int* bar,
-                                                       rk_index T, rk_index B, rk_index H, rk_index u) {
+                                                       rk_index T, rk_index B, rk_index H, rk_index u,
+                                                       rk_index R) {
     RK_DYNAMIC_SHARED(rk_smem);
     REAL* w = (REAL*)rk_smem;
-    const rk_index G = 4 * H, Gp = rk_padded(G);
+    const rk_index G = 4 * H, Gp = rk_padded(G), Rp = rk_padded(R);
+    REAL* tile = w + u * Gp;
     const rk_index j0 = (rk_index)blockIdx.x * u;
     const rk_index nu = (H - j0 < u) ? (H - j0) : u;
     unsigned int gen = 0;
@@ -305,21 +309,36 @@ extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_s
             dc[k] = dct * gf;
         }
         rk_grid_sync(bar, gridDim.x, &gen);  // dA_t complete before any block reads it
-        for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
-            const rk_index b = p / nu, kk = p - b * nu;
-            const REAL* row = dA + b * G;
+        // dh_{t-1}: one (row, unit) pair a thread, blockDim.x pairs at a time (the launch
+        // gives every pair a thread, so once), the columns of dA_t R at a time
+        for (rk_index p0 = 0; p0 < B * nu; p0 += blockDim.x) {
+            const rk_index p = p0 + threadIdx.x;
+            const bool active = p < B * nu;
+            const rk_index b = active ? p / nu : 0, kk = active ? p - b * nu : 0;
             const REAL* wc = w + kk * Gp;
-            REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (rk_index r = 0; r < H; ++r) {  // the four gate blocks side by side: four chains
-                s0 += __ldcg(row + r) * wc[r];
-                s1 += __ldcg(row + H + r) * wc[H + r];
-                s2 += __ldcg(row + 2 * H + r) * wc[2 * H + r];
-                s3 += __ldcg(row + 3 * H + r) * wc[3 * H + r];
+            REAL s0 = 0, s1 = 0;
+            for (rk_index r0 = 0; r0 < G; r0 += R) {
+                const rk_index nr = (G - r0 < R) ? (G - r0) : R;
+                for (rk_index idx = threadIdx.x; idx < B * nr; idx += blockDim.x) {
+                    const rk_index bb = idx / nr, r = idx - bb * nr;
+                    tile[bb * Rp + r] = __ldcg(dA + bb * G + r0 + r);
+                }
+                __syncthreads();
+                if (active) {
+                    const REAL* tb = tile + b * Rp;
+                    const REAL* wr = wc + r0;
+                    rk_index r = 0;
+                    for (; r + 1 < nr; r += 2) {  // two chains
+                        s0 += tb[r] * wr[r];
+                        s1 += tb[r + 1] * wr[r + 1];
+                    }
+                    if (r < nr) s0 += tb[r] * wr[r];
+                }
+                __syncthreads();  // the tile is read by all before the next chunk replaces it
             }
-            dh[b * H + j0 + kk] = (s0 + s1) + (s2 + s3);
+            if (active) dh[b * H + j0 + kk] = s0 + s1;
         }
         // no grid barrier here: the next step reads only this block's own units of dh and dc,
         // and writes dA_{t-1}, which no block reads before the next barrier
-        __syncthreads();
     }
 }
