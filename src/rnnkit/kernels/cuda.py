@@ -187,7 +187,7 @@ def loop_takes(cache, xw) -> bool:
 _PERSISTENT = [os.environ.get("RNNKIT_CUDA_PERSISTENT", "0") == "1"]
 TILE_BYTES = 16 * 1024  # the backward's tile of dA_t in shared memory
 _cooperative: dict = {}
-_limits: list = []
+_limits: list = []  # per device id: (multiprocessors, opt-in shared bytes), read once
 
 
 def use_persistent(on: bool = True) -> None:
@@ -224,10 +224,14 @@ class PersistentPlan(NamedTuple):
 
 def _device_limits() -> tuple[int, int]:
     """(multiprocessors, opt-in shared memory bytes per block) of the current device."""
-    if not _limits:
-        attrs = backend._import_cupy().cuda.Device().attributes
-        _limits.append((int(attrs["MultiProcessorCount"]), int(attrs["MaxSharedMemoryPerBlockOptin"])))
-    return _limits[0]
+    cp = backend._import_cupy()
+    device = cp.cuda.Device().id
+    if device >= len(_limits) or _limits[device] is None:
+        rt = cp.cuda.runtime
+        _limits.extend([None] * (device + 1 - len(_limits)))
+        _limits[device] = (int(rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, device)),
+                           int(rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)))
+    return _limits[device]
 
 
 def persistent_plan(B: int, H: int, itemsize: int) -> PersistentPlan | None:
