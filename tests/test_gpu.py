@@ -103,6 +103,112 @@ def test_device_kernels_match_the_reference(dtype, B, H):
         _close(g_da, w_da, dtype)
 
 
+# ------------------------------------------------------------- every other layer
+def _flat(values):
+    out = []
+    for v in values:
+        if isinstance(v, (tuple, list)):
+            out += _flat(v)
+        elif v is not None:
+            out.append(v)
+    return out
+
+
+def _case(name, dtype):
+    """(layer, run) for one layer: ``run(layer, xp)`` does a forward and a backward on inputs
+    moved to ``xp`` and returns every output and input gradient."""
+    L = rnnkit.layers
+    rng = np.random.default_rng(7)
+    r = lambda *shape: rng.standard_normal(shape).astype(dtype)  # noqa: E731
+    B, T, D, H = 3, 5, 6, 4
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=bool)
+    ids = rng.integers(0, 9, (B, T))
+    if name == "linear":
+        x, dy = r(B, T, D), r(B, T, H)
+        return L.Linear(D, H, dtype=dtype, seed=1), lambda m, xp: [m.forward(xp.asarray(x)), m.backward(xp.asarray(dy))]
+    if name == "embedding":
+        dy = r(B, T, D)
+        return L.Embedding(9, D, padding_idx=0, dtype=dtype, seed=1), \
+            lambda m, xp: [m.forward(xp.asarray(ids)), m.backward(xp.asarray(dy))]
+    if name == "dropout":  # the same seed draws the same mask on either device
+        x, dy = r(B, T, D), r(B, T, D)
+        return L.Dropout(0.4, seed=3), lambda m, xp: [m.forward(xp.asarray(x)), m.backward(xp.asarray(dy))]
+    if name.startswith("attention"):
+        score, steps = name.split("-")[1:]
+        q = r(B, T, D) if steps == "3d" else r(B, D)
+        mem, dctx = r(B, 7, D), r(*q.shape)
+        mmask = np.ones((B, 7), dtype=bool)
+        mmask[1, 4:] = False
+        layer = L.Attention(D, D, score=score, attention_size=5, dtype=dtype, seed=1)
+        dw = r(B, T, 7) if steps == "3d" else r(B, 7)
+        return layer, lambda m, xp: [m.forward(xp.asarray(q), xp.asarray(mem), xp.asarray(mmask)),
+                                     m.backward(xp.asarray(dctx), xp.asarray(dw))]
+    if name.startswith("pooling"):
+        mode = name.split("-", 1)[1]
+        y = r(B, T, 2 * H)
+        pool = L.SequencePooling(mode, num_directions=2)
+        dout = r(B, pool.output_size(2 * H))
+        return pool, lambda m, xp: [m.forward(xp.asarray(y), xp.asarray(mask)), m.backward(xp.asarray(dout))]
+    if name == "softmax_ce":
+        logits, t = r(B, T, 11), rng.integers(0, 11, (B, T))
+        t[0, 1] = -100
+        return L.SoftmaxCrossEntropy(ignore_index=-100), \
+            lambda m, xp: [np.array(m.forward(xp.asarray(logits), xp.asarray(t), xp.asarray(mask))), m.backward(0.7)]
+    if name == "mse":
+        pred, target = r(B, T, 2), r(B, T, 2)
+        return L.MSELoss(), lambda m, xp: [np.array(m.forward(xp.asarray(pred), xp.asarray(target), xp.asarray(mask))),
+                                           m.backward(1.3)]
+    if name == "linear_ce":
+        x, t = r(B, T, D), rng.integers(0, 11, (B, T))
+        lin = L.Linear(D, 11, dtype=dtype, seed=1)
+
+        def run(m, xp):
+            res = L.linear_cross_entropy(m, xp.asarray(x), xp.asarray(t), xp.asarray(mask), dloss=0.5,
+                                         chunk_bytes=4 * 11 * np.dtype(dtype).itemsize)  # several blocks
+            return [np.array(res.loss), res.dx]
+        return lin, run
+    cell_cls = {"cell-lstm": L.LSTMCell, "cell-gru": L.GRUCell, "cell-rnn": L.RNNCell}[name]
+    xs, dhs = [r(B, D) for _ in range(3)], [r(B, H) for _ in range(3)]
+    cell = cell_cls(D, H, dtype=dtype, seed=1)
+
+    def run_cell(m, xp):
+        state, outs = None, []
+        for x in xs:  # three steps forward, then back through them, last step first
+            state = m.forward(xp.asarray(x), state)
+            outs.append(state)
+        dstate = None
+        for dh in reversed(dhs):
+            g = xp.asarray(dh)
+            if dstate is not None:
+                g = g + (dstate[0] if isinstance(dstate, tuple) else dstate)
+            dx, dstate = m.backward((g, None if dstate is None or not isinstance(dstate, tuple) else dstate[1])
+                                    if name == "cell-lstm" else g)
+            outs += [dx, dstate]
+        return outs
+    return cell, run_cell
+
+
+LAYER_CASES = ["linear", "embedding", "dropout", "attention-dot-3d", "attention-dot-2d", "attention-additive-3d",
+               "attention-additive-2d", "pooling-last", "pooling-mean", "pooling-max", "pooling-max+mean",
+               "softmax_ce", "mse", "linear_ce", "cell-lstm", "cell-gru", "cell-rnn"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_each_layer_on_the_gpu_matches_the_cpu(name, dtype):
+    """Every other layer, forward and backward, on the GPU against the same layer on the CPU:
+    outputs, input gradients, parameter gradients."""
+    cpu, run = _case(name, dtype)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    want = [_host(v) for v in _flat(run(cpu, np))]
+    got = [_host(v) for v in _flat(run(gpu, cp))]
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        _close(g, w, dtype)
+    for (pname, _, gw), (_, _, gg) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        np.testing.assert_allclose(_host(gg), gw, **TOL[dtype], err_msg=pname)
+
+
 # --------------------------------------------------------------------- whole layers
 CASES = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
 

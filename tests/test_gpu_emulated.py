@@ -24,6 +24,7 @@ from fake_cupy import make_modules
 from test_gpu import (  # collected here, run against the fake device
     test_cell_math_is_one_launch_per_step,
     test_device_kernels_match_the_reference,
+    test_each_layer_on_the_gpu_matches_the_cpu,
     test_every_task_trains_on_the_gpu_as_on_the_cpu,
     test_layer_on_the_gpu_matches_the_cpu,
     test_lm_training_steps_on_the_gpu_match_the_cpu,
@@ -36,6 +37,7 @@ from test_gpu import (  # collected here, run against the fake device
 )
 
 COLLECTED = (test_cell_math_is_one_launch_per_step, test_device_kernels_match_the_reference,
+             test_each_layer_on_the_gpu_matches_the_cpu,
              test_every_task_trains_on_the_gpu_as_on_the_cpu,
              test_layer_on_the_gpu_matches_the_cpu, test_lm_training_steps_on_the_gpu_match_the_cpu,
              test_persistent_lstm_falls_back_where_it_does_not_fit, test_persistent_lstm_matches_the_cpu,
