@@ -29,9 +29,11 @@ class DeviceSynchronized(RuntimeError):
 
 
 _sync_allowed = [True]
+SYNCS: list[str] = []  # every host synchronisation, in order (tests may clear and read it)
 
 
 def _check_sync(what: str) -> None:
+    SYNCS.append(what)
     if not _sync_allowed[-1]:
         raise DeviceSynchronized(f"{what} waits for the device inside allow_synchronize(False)")
 
@@ -43,6 +45,8 @@ def _is_host_array(x) -> bool:
 def _wrap(x):
     if type(x) is np.ndarray:
         return x.view(FakeArray)
+    if isinstance(x, np.generic) and not isinstance(x, np.dtype):  # CuPy gives 0-d device arrays
+        return np.asarray(x).view(FakeArray)
     if isinstance(x, tuple):
         return tuple(_wrap(v) for v in x)
     if isinstance(x, list):

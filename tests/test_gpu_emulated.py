@@ -96,3 +96,28 @@ def test_every_gpu_test_runs_here_too():
     """A test added to test_gpu.py and not imported above would run on a GPU only."""
     names = {name for name in vars(test_gpu) if name.startswith("test_") and callable(getattr(test_gpu, name))}
     assert names == {t.__name__ for t in COLLECTED}
+
+
+def test_a_training_step_waits_for_the_device_seven_times():
+    """Each host synchronisation stalls the queue of launches. An LM training step (two LSTM
+    layers, the fused output layer, clipping, SGD) waits for: the embedding's id range (2),
+    the input's finiteness check, the targets' range check and count, the loss, and the
+    gradient norm; not per parameter, not per step of the time loop."""
+    import fake_cupy
+    import numpy as np
+
+    from rnnkit.bench import _build_rnnkit
+
+    cp = test_gpu.cp
+    rng = np.random.default_rng(0)
+    backend.set_device("cuda")  # the model's parameters are made on the device
+    try:
+        make_train, _ = _build_rnnkit("lstm", 1000, 16, 16, 2, seed=0)
+        step = make_train(cp.asarray(rng.integers(0, 1000, (4, 7))), cp.asarray(rng.integers(0, 1000, (4, 7))))
+    finally:
+        backend.set_device("cpu")
+    step()  # the first step also starts the carried state
+    fake_cupy.SYNCS.clear()
+    step()
+    assert sorted(fake_cupy.SYNCS) == sorted(["int()", "int()", "bool()", "bool()", "int()", "float()", "float()"]), \
+        fake_cupy.SYNCS

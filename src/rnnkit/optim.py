@@ -16,8 +16,9 @@ from . import backend, kernels
 _NORM_CHUNK = 1 << 16
 
 
-def _sum_of_squares(g) -> float:
-    """``sum(g**2)`` accumulated in float64, without a float64 copy of the whole gradient.
+def _sum_of_squares(g):
+    """``sum(g**2)`` accumulated in float64, without a float64 copy of the whole gradient
+    (a float, or for a CuPy array a 0-d device array: no wait for the device per tensor).
 
     float64 gradients go to one dot product; narrower ones are cast chunk by chunk into a
     small float64 buffer (the float32 dot product alone would lose digits on big tensors).
@@ -26,9 +27,11 @@ def _sum_of_squares(g) -> float:
         return kernels.native.sum_squares(g)
     xp = backend.get_array_module(g)
     flat = g.reshape(-1)
-    if g.dtype == xp.float64 or xp is not np:
+    if xp is not np:  # on the device, left there: clip_grad_norm waits for the device once, for the total
         flat64 = flat.astype(xp.float64, copy=False)
-        return float(xp.dot(flat64, flat64))
+        return xp.dot(flat64, flat64)
+    if g.dtype == xp.float64:
+        return float(xp.dot(flat, flat))
     buf = np.empty(min(flat.size, _NORM_CHUNK), dtype=np.float64)
     total = 0.0
     for start in range(0, flat.size, _NORM_CHUNK):
@@ -44,7 +47,7 @@ def clip_grad_norm(model, max_norm: float) -> float:
     Returns the norm before clipping (the number worth logging: it shows explosions).
     """
     grads = [g for _, _, g in model.named_parameters()]
-    total = math.sqrt(sum(_sum_of_squares(g) for g in grads))
+    total = math.sqrt(float(sum(_sum_of_squares(g) for g in grads)))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

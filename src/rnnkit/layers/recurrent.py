@@ -197,8 +197,9 @@ class _Recurrent(Layer):
         check_float_input(x, "x", 3, self.input_size, self.dtype)
         B, T, _ = x.shape
         m = self._resolve_mask(mask, lengths, B, T)
+        carried = False
         if state is None and self.stateful and self._state is not None:
-            state = self._state
+            state, carried = self._state, True
             if (state[0] if self.mode == "lstm" else state).shape[1] != B:
                 raise ValueError(
                     f"stateful layer carries a state for batch {(state[0] if self.mode == 'lstm' else state).shape[1]}; "
@@ -207,6 +208,11 @@ class _Recurrent(Layer):
         if state is None:
             h0 = self._zero_state(B)
             c0 = self._zero_state(B) if self.mode == "lstm" else None
+        elif carried:
+            # the layer's own carried state (its last output state, or set_carried_state's): its batch
+            # is checked above; it is not scanned for NaN like a caller's (on a GPU the scan waits for
+            # the device, twice a chunk), a NaN in it shows in the loss the trainer checks
+            h0, c0 = state if self.mode == "lstm" else (state, None)
         else:
             checked = self._check_state(state, B)
             h0, c0 = checked if self.mode == "lstm" else (checked, None)
