@@ -254,11 +254,88 @@ def _persistent(builder):
     return build
 
 
+# embedding forward, recurrent forward, output layer + loss (forward and backward, fused),
+# recurrent backward, embedding backward, clip_grad_norm, SGD update
+PHASES = ("emb fwd", "rnn fwd", "out+loss", "rnn bwd", "emb bwd", "clip", "sgd")
+
+
+class PhaseTimer:
+    """Marks between the phases of one step: CUDA events on the GPU (device time between
+    them, read after the step), perf_counter on the CPU."""
+
+    def __init__(self, dev: Device):
+        self.dev = dev
+        self.marks = []
+
+    def mark(self) -> None:
+        if self.dev.name == "cuda":
+            event = self.dev.xp.cuda.Event()
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations_ms(self) -> list[float]:
+        if self.dev.name == "cuda":
+            self.marks[-1].synchronize()
+            return [self.dev.xp.cuda.get_elapsed_time(a, b) for a, b in zip(self.marks, self.marks[1:])]
+        return [1e3 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
+
+
+def profile_phases(dev: Device, config: str, cell: str, rounds: int, warmup: int) -> list[dict]:
+    """rnnkit's training step phase by phase (the profile the results file reports before and
+    after a change): median milliseconds of each over ``rounds`` steps."""
+    from rnnkit import backend, optim  # noqa: PLC0415
+    from rnnkit.bench import rnnkit_lm  # noqa: PLC0415
+    from rnnkit.layers import linear_cross_entropy  # noqa: PLC0415
+
+    V, D, H, L, B, T = CONFIGS[config]
+    ids, targets = (dev.xp.asarray(a) for a in _batch(V, B, T))
+    backend.set_device(dev.name)
+    try:
+        model = rnnkit_lm(cell, V, D, H, L, seed=0)
+    finally:
+        backend.set_device("cpu")
+    opt = optim.SGD(model, lr=LR)
+    per_phase = {name: [] for name in PHASES}
+    totals = []
+    for i in range(warmup + rounds):
+        opt.zero_grad()
+        dev.sync()
+        timer = PhaseTimer(dev)
+        t0 = time.perf_counter()
+        timer.mark()
+        x = model.embed.forward(ids)
+        timer.mark()
+        y, _ = model.rnn.forward(x)
+        timer.mark()
+        dy = linear_cross_entropy(model.out, y, targets).dx
+        timer.mark()
+        dx = model.rnn.backward(dy)
+        timer.mark()
+        model.embed.backward(dx)
+        timer.mark()
+        optim.clip_grad_norm(model, CLIP)
+        timer.mark()
+        opt.step()
+        timer.mark()
+        dev.sync()
+        wall = time.perf_counter() - t0
+        if i >= warmup:
+            for name, ms in zip(PHASES, timer.durations_ms()):
+                per_phase[name].append(ms)
+            totals.append(1e3 * wall)
+    phases = {name: statistics.median(v) for name, v in per_phase.items()}
+    return [{"kind": "phases", "config": config, "cell": cell, "framework": "rnnkit", "phases_ms": phases,
+             "ms": statistics.median(totals), "rounds": rounds}]
+
+
 BUILDERS = {
     "step": {"rnnkit": build_rnnkit_step, "rnnkit_persistent": _persistent(build_rnnkit_step),
              "torch": build_torch_step, "reference": build_reference_step},
     "layer": {"rnnkit": build_rnnkit_layer, "rnnkit_persistent": _persistent(build_rnnkit_layer),
               "torch": build_torch_layer},
+    "phases": {},  # profile_phases: rnnkit's step phase by phase
 }
 
 
@@ -311,7 +388,7 @@ def time_case(dev: Device, kind: str, config: str, cell: str, frameworks, rounds
 def ratios(rows: list[dict]) -> list[dict]:
     """rnnkit's speed as a multiple of each other framework's (> 1: rnnkit is faster)."""
     out = []
-    by = {(r["kind"], r["config"], r["cell"], r["framework"]): r for r in rows if "ms" in r}
+    by = {(r["kind"], r["config"], r["cell"], r["framework"]): r for r in rows if "ms" in r and r["kind"] != "phases"}
     for (kind, config, cell, fw), r in by.items():
         if fw not in RNNKIT:
             continue
@@ -327,12 +404,21 @@ def ratios(rows: list[dict]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     lines = ["kind   cfg cell  framework    ms/step  (min - max)        tokens/s   peak MiB"]
     for r in rows:
+        if r["kind"] == "phases":
+            continue
         head = f"{r['kind']:<6} {r['config']:<3} {r['cell']:<5} {r['framework']:<10}"
         if "error" in r:
             lines.append(f"{head} FAILED: {r['error']}")
             continue
         peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:9.1f}"
         lines.append(f"{head} {r['ms']:9.3f}  ({r['ms_min']:.3f} - {r['ms_max']:.3f})  {r['tokens_per_s']:12,.0f} {peak}")
+    profiles = [r for r in rows if r["kind"] == "phases"]
+    if profiles:
+        lines += ["", "rnnkit's step phase by phase (ms, median; device time between CUDA events on the GPU):",
+                  "cfg cell  " + "  ".join(f"{name:>10}" for name in PHASES) + "   step (wall)"]
+        for r in profiles:
+            lines.append(f"{r['config']:<3} {r['cell']:<5} " + "  ".join(f"{r['phases_ms'][n]:10.3f}" for n in PHASES)
+                         + f"   {r['ms']:10.3f}")
     lines.append("")
     lines.append("rnnkit as a multiple of: (> 1 means rnnkit is faster)")
     for e in ratios(rows):
@@ -349,7 +435,8 @@ def parse_args(argv=None):
     p.add_argument("--configs", default="S,M,C")
     p.add_argument("--cells", default="lstm,gru,rnn")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
-    p.add_argument("--kinds", default="step,layer", help="step (the LM training step) and/or layer (one layer)")
+    p.add_argument("--kinds", default="step,layer,phases",
+                   help="step (the LM training step), layer (one layer), phases (rnnkit's step phase by phase)")
     p.add_argument("--rounds", type=int, default=30, help="timed steps per framework (the median is reported)")
     p.add_argument("--reference-rounds", type=int, default=5, help="timed steps of the (slow) reference")
     p.add_argument("--warmup", type=int, default=3)
@@ -375,6 +462,10 @@ def main(argv=None) -> int:
     for kind in args.kinds:
         for config in args.configs:
             for cell in args.cells:
+                if kind == "phases":
+                    if "rnnkit" in args.frameworks:
+                        rows += profile_phases(dev, config, cell, min(args.rounds, 10), args.warmup)
+                    continue
                 fws = [f for f in args.frameworks if f != "reference"]
                 case = time_case(dev, kind, config, cell, fws, args.rounds, args.warmup)
                 if "reference" in args.frameworks and kind == "step":

@@ -19,6 +19,7 @@ NumPy's in their details; those stay for the real GPU tests.
 from __future__ import annotations
 
 import contextlib
+import time
 import types
 
 import numpy as np
@@ -159,6 +160,20 @@ class _Device:
         pass
 
 
+class _Event:
+    """``cupy.cuda.Event``: here the host clock at record()."""
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, end):
+    return 1e3 * (end.t - start.t)
+
+
 class _MemoryPool:
     def used_bytes(self):
         return 0
@@ -214,7 +229,7 @@ def make_modules():
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 0,
                                     driverGetVersion=lambda: 0,
                                     getDeviceProperties=lambda device: {"name": b"fake device (tests/fake_cupy.py)"})
-    cupy.cuda = types.SimpleNamespace(Device=_Device, runtime=runtime)
+    cupy.cuda = types.SimpleNamespace(Device=_Device, runtime=runtime, Event=_Event, get_elapsed_time=_elapsed_ms)
 
     cupyx = types.ModuleType("cupyx")
     cupyx.DeviceSynchronized = DeviceSynchronized

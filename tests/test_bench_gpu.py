@@ -42,13 +42,17 @@ def test_cpu_mode_times_every_framework_and_reports_ratios(tmp_path, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     frameworks = {(r["kind"], r["framework"]) for r in data["rows"]}
-    want = {("step", "rnnkit"), ("step", "reference"), ("layer", "rnnkit")}
+    want = {("step", "rnnkit"), ("step", "reference"), ("layer", "rnnkit"), ("phases", "rnnkit")}
     if _torch_installed():
         want |= {("step", "torch"), ("layer", "torch")}
     assert frameworks == want
     for r in data["rows"]:
         assert r["ms"] > 0 and r["rounds"] == (1 if r["framework"] == "reference" else 2)
-        assert r["tokens_per_s"] == pytest.approx(20 * 35 / (r["ms"] / 1e3))
+        if r["kind"] == "phases":  # the phases lie inside the step's wall time
+            assert set(r["phases_ms"]) == set(bench.PHASES) and all(v >= 0 for v in r["phases_ms"].values())
+            assert sum(r["phases_ms"].values()) <= r["ms"] * 1.001
+        else:
+            assert r["tokens_per_s"] == pytest.approx(20 * 35 / (r["ms"] / 1e3))
     step = next(e for e in data["ratios"] if e["kind"] == "step")
     rnnkit_ms = next(r["ms"] for r in data["rows"] if r["kind"] == "step" and r["framework"] == "rnnkit")
     ref_ms = next(r["ms"] for r in data["rows"] if r["kind"] == "step" and r["framework"] == "reference")
@@ -84,7 +88,8 @@ def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
     assert rc == 0, [r.get("trace") for r in data["rows"]]
     assert {(r["kind"], r["framework"]) for r in data["rows"]} == {
         ("step", "rnnkit"), ("step", "rnnkit_persistent"), ("step", "reference"), ("layer", "rnnkit"),
-        ("layer", "rnnkit_persistent")}
+        ("layer", "rnnkit_persistent"), ("phases", "rnnkit")}
     assert {name for name, _, _ in emulators.launches} >= {"rk_lstm_persistent_forward", "rk_lstm_persistent_backward"}
     assert data["environment"]["gpu"].startswith("fake device")
-    assert all(r["peak_mib"] == 0 for r in data["rows"])  # the fake pool holds nothing; real ones report MiB
+    # the fake pool holds nothing; real ones report MiB
+    assert all(r["peak_mib"] == 0 for r in data["rows"] if r["kind"] != "phases")

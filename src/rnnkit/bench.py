@@ -101,16 +101,19 @@ def _blas_info(framework: str) -> dict:
     return info
 
 
-def _build_rnnkit(cell, V, D, H, L, seed):
+def rnnkit_lm(cell, V, D, H, L, seed, stateful=True):
+    """The benchmark's model in rnnkit's layers: embedding -> recurrent stack -> linear, with
+    ``loss_and_backward(ids, targets)`` as ``LanguageModel``'s (the output layer and its loss
+    fused). Its parts are ``embed``, ``rnn`` and ``out`` (``benchmarks/bench_gpu.py`` times them
+    one by one)."""
     import numpy as np  # noqa: PLC0415
 
-    from . import optim  # noqa: PLC0415
     from .layers import GRU, LSTM, RNN, Embedding, Layer, Linear, linear_cross_entropy  # noqa: PLC0415
 
     rnn_class = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cell]
 
     class LM(Layer):
-        def __init__(self, stateful):
+        def __init__(self):
             super().__init__()
             rng = np.random.default_rng(seed)
             self.embed = Embedding(V, D, rng=rng, init_std=0.01)
@@ -123,6 +126,17 @@ def _build_rnnkit(cell, V, D, H, L, seed):
             loss, _, dy = linear_cross_entropy(self.out, y, targets)
             self.embed.backward(self.rnn.backward(dy))
             return loss
+
+    return LM()
+
+
+def _build_rnnkit(cell, V, D, H, L, seed):
+    import numpy as np  # noqa: PLC0415
+
+    from . import optim  # noqa: PLC0415
+
+    def LM(stateful):  # noqa: N802 - reads as the class it builds
+        return rnnkit_lm(cell, V, D, H, L, seed, stateful=stateful)
 
     def make_train(ids, targets):
         model = LM(stateful=True)
