@@ -8,8 +8,8 @@ LSTM, GRU and RNN. Also one recurrent layer's forward + backward alone (the figu
 
 - ``rnnkit``: this package's layers on CuPy arrays (``device="cuda"``): cuBLAS GEMMs and
   one CUDA kernel per step for the cell math (``kernels/cuda_cells.cu``).
-- ``rnnkit_persistent`` (LSTM only): the same with ``kernels.cuda.persistent()``: each
-  direction's whole loop one cooperative kernel each way, W_hh in shared memory.
+- ``rnnkit_persistent``: the same with ``kernels.cuda.persistent()``: each direction's
+  whole loop one cooperative kernel each way, W_hh in shared memory.
 - ``torch``: ``torch.nn`` modules on CUDA, cuDNN's recurrent kernels, TF32 off.
 - ``reference``: ``benchmarks/reference_dl2.py`` (one Python object per step, "Deep
   Learning from Scratch 2" style) with its array module switched to CuPy.
@@ -347,7 +347,7 @@ def time_case(dev: Device, kind: str, config: str, cell: str, frameworks, rounds
     for fw in frameworks:
         if fw not in BUILDERS[kind] or (fw == "torch" and dev.torch is None):
             continue
-        if fw == "rnnkit_persistent" and (cell != "lstm" or dev.name != "cuda"):
+        if fw == "rnnkit_persistent" and dev.name != "cuda":
             continue  # the same code as rnnkit there
         if fw == "torch" and dev.name == "cuda" and not dev.torch_cuda:
             rows.append({"kind": kind, "config": config, "cell": cell, "framework": fw,

@@ -77,20 +77,34 @@ SIGNATURES = {
     "rk_gru_backward": "pppppipppill",
     "rk_rnn_forward": "ppil",
     "rk_rnn_backward": "pppipil",
-    "rk_lstm_persistent_forward": "plppppullll",
-    "rk_lstm_persistent_backward": "plppppippulllll",
 }
+for _cell in ("rnn", "lstm", "gru"):
+    SIGNATURES[f"rk_{_cell}_persistent_forward"] = "plppiippppullll"
+    SIGNATURES[f"rk_{_cell}_persistent_backward"] = "plppppppiippulllll"
 # the kernels that run as one cooperative grid (all threads at once, with barriers)
-COOPERATIVE = ("rk_lstm_persistent_forward", "rk_lstm_persistent_backward")
+COOPERATIVE = tuple(name for name in SIGNATURES if "_persistent_" in name)
 _CTYPE = {"p": ctypes.c_void_p, "u": ctypes.c_void_p, "l": ctypes.c_longlong, "i": ctypes.c_int}
 _KERNEL_DECL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 
 
+_ENTRIES_MACRO = re.compile(r"rk_##cell##_persistent_(forward|backward)\(([^)]*)\)")
+_ENTRIES_USE = re.compile(r"^RK_PERSISTENT_ENTRIES\((\w+),", re.M)
+
+
+def _params(text: str) -> list[tuple[str, str]]:
+    return [tuple(p.strip().rsplit(" ", 1)) for p in text.replace("\\", " ").replace("\n", " ").split(",")]
+
+
 def kernel_params(source: str) -> dict[str, list[tuple[str, str]]]:
-    """name -> [(C type, parameter name)] of every kernel in the .cu text."""
+    """name -> [(C type, parameter name)] of every kernel in the .cu text, those that the
+    RK_PERSISTENT_ENTRIES macro declares for each cell included."""
     out = {}
     for name, params in _KERNEL_DECL.findall(source):
-        out[name] = [tuple(p.strip().rsplit(" ", 1)) for p in params.replace("\n", " ").split(",")]
+        out[name] = _params(params)
+    macro = {kind: _params(params) for kind, params in _ENTRIES_MACRO.findall(source)}
+    for cell in _ENTRIES_USE.findall(source):
+        for kind, params in macro.items():
+            out[f"rk_{cell}_persistent_{kind}"] = params
     return out
 
 

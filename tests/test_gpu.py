@@ -311,17 +311,21 @@ def test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic(monkey
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("variant", ["plain", "bidirectional", "stateful", "wide"])
-def test_persistent_lstm_matches_the_cpu(dtype, variant, monkeypatch):
+@pytest.mark.parametrize("variant", ["plain", "bidirectional", "stateful", "wide", "no bias"])
+@pytest.mark.parametrize("mode,nonlinearity", CASES)
+def test_persistent_loops_match_the_cpu(mode, nonlinearity, dtype, variant, monkeypatch):
     """The opt-in persistent kernels (the whole loop of a direction in one launch each way):
     the same outputs and gradients as the CPU, reversed directions and carried state included;
     "wide" has H = 265, several units per block and a last block with fewer."""
     launched = []
     real = cuda._launch_cooperative
     monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: (launched.append(name), real(name, *a)))
-    kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful"}
+    kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful", "bias": variant != "no bias"}
+    if mode == "rnn":
+        kw["nonlinearity"] = nonlinearity
     H = 265 if variant == "wide" else 9
-    cpu = rnnkit.layers.LSTM(7, H, num_layers=2, dtype=dtype, seed=3, **kw)
+    cls = {"lstm": rnnkit.layers.LSTM, "gru": rnnkit.layers.GRU, "rnn": rnnkit.layers.RNN}[mode]
+    cpu = cls(7, H, num_layers=2, dtype=dtype, seed=3, **kw)
     gpu = copy.deepcopy(cpu).to(device="cuda")
     rng = np.random.default_rng(12)
     B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
@@ -333,11 +337,12 @@ def test_persistent_lstm_matches_the_cpu(dtype, variant, monkeypatch):
         got, got_grads = _run(gpu, xs, dys, None, cp)
     for g, w in zip(got, want):
         _close(g, w, dtype)
+    assert set(got_grads) == set(want_grads)
     for name in want_grads:
         _close(got_grads[name], want_grads[name], dtype)
     per_chunk = 2 * (2 if kw["bidirectional"] else 1)  # layers x directions
-    assert launched == (["rk_lstm_persistent_forward"] * per_chunk + ["rk_lstm_persistent_backward"] * per_chunk) \
-        * chunks
+    assert launched == ([f"rk_{mode}_persistent_forward"] * per_chunk
+                        + [f"rk_{mode}_persistent_backward"] * per_chunk) * chunks
     assert not cuda.persistent_enabled()  # the context manager restored the default
 
 
@@ -363,6 +368,8 @@ def test_persistent_plan_splits_units_over_the_multiprocessors(monkeypatch):
     assert m.forward_shared == (4 * 5 * 651 + 20 * 651) * 4 and m.backward_shared == (5 * 2601 + 20 * 193) * 4
     c = cuda.persistent_plan(32, 512, 4)  # config C
     assert (c.units, c.grid, c.block, c.chunk) == (4, 128, 128, 128)
+    g = cuda.persistent_plan(32, 512, 4, gates=3)  # a GRU on C: three gate blocks
+    assert g.forward_shared == (3 * 4 * 513 + 32 * 513) * 4 and g.backward_shared == (4 * 1537 + 32 * 129) * 4
     assert cuda.persistent_plan(20, 650, 8) is not None  # float64 M: 208 KB, still under 227
     assert cuda.persistent_plan(64, 4096, 4) is None  # too big for shared memory
 

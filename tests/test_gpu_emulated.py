@@ -29,7 +29,7 @@ from test_gpu import (  # collected here, run against the fake device
     test_layer_on_the_gpu_matches_the_cpu,
     test_lm_training_steps_on_the_gpu_match_the_cpu,
     test_persistent_lstm_falls_back_where_it_does_not_fit,
-    test_persistent_lstm_matches_the_cpu,
+    test_persistent_loops_match_the_cpu,
     test_persistent_plan_splits_units_over_the_multiprocessors,
     test_time_loop_never_waits_for_the_device,
     test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
@@ -40,7 +40,7 @@ COLLECTED = (test_cell_math_is_one_launch_per_step, test_device_kernels_match_th
              test_each_layer_on_the_gpu_matches_the_cpu,
              test_every_task_trains_on_the_gpu_as_on_the_cpu,
              test_layer_on_the_gpu_matches_the_cpu, test_lm_training_steps_on_the_gpu_match_the_cpu,
-             test_persistent_lstm_falls_back_where_it_does_not_fit, test_persistent_lstm_matches_the_cpu,
+             test_persistent_lstm_falls_back_where_it_does_not_fit, test_persistent_loops_match_the_cpu,
              test_persistent_plan_splits_units_over_the_multiprocessors,
              test_time_loop_never_waits_for_the_device, test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
              test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic)

@@ -183,7 +183,7 @@ def loop_takes(cache, xw) -> bool:
             and cache.W_hh.flags.c_contiguous)
 
 
-# ------------------------------------------------------- the persistent LSTM (opt-in)
+# ------------------------------------------------------- the persistent loops (opt-in)
 _PERSISTENT = [os.environ.get("RNNKIT_CUDA_PERSISTENT", "0") == "1"]
 TILE_BYTES = 16 * 1024  # the backward's tile of dA_t in shared memory
 _cooperative: dict = {}
@@ -191,10 +191,11 @@ _limits: list = []  # per device id: (multiprocessors, opt-in shared bytes), rea
 
 
 def use_persistent(on: bool = True) -> None:
-    """Run unmasked LSTM directions as one persistent kernel each way (``rk_lstm_persistent_*``:
-    W_hh on chip for all steps, one grid barrier a step, one launch a sequence) where the
-    shapes fit (:func:`persistent_plan`); else the GEMM loop. Off by default until it has
-    been measured on a GPU; ``RNNKIT_CUDA_PERSISTENT=1`` turns it on for a process."""
+    """Run unmasked directions (RNN, LSTM, GRU) as one persistent kernel each way
+    (``rk_<cell>_persistent_*``: W_hh on chip for all steps, one grid barrier a step, one
+    launch a sequence) where the shapes fit (:func:`persistent_plan`); else the GEMM loop.
+    Off by default until it has been measured on a GPU; ``RNNKIT_CUDA_PERSISTENT=1`` turns it
+    on for a process."""
     _PERSISTENT[0] = bool(on)
 
 
@@ -217,7 +218,7 @@ class PersistentPlan(NamedTuple):
     units: int  # hidden units per block (u)
     grid: int  # blocks: ceil(H / u), at most one per multiprocessor
     block: int  # threads per block: one per (row, unit) of the block, a multiple of 32
-    forward_shared: int  # bytes: W_hh's rows of the block's units (4u x Hp) and h_{t-1} (B x Hp)
+    forward_shared: int  # bytes: W_hh's rows of the block's units (gates x u x Hp) and h_{t-1} (B x Hp)
     backward_shared: int  # bytes: W_hh's columns of the block's units (u x Gp) and a tile of dA_t (B x Rp)
     chunk: int  # R: the columns of dA_t a backward tile holds (about 16 KiB)
 
@@ -234,16 +235,18 @@ def _device_limits() -> tuple[int, int]:
     return _limits[device]
 
 
-def persistent_plan(B: int, H: int, itemsize: int) -> PersistentPlan | None:
-    """How the persistent kernels split (B, H) over the device, or None where they do not fit
-    (more shared memory than a block may have, or a block over 1024 threads)."""
+def persistent_plan(B: int, H: int, itemsize: int, gates: int = 4) -> PersistentPlan | None:
+    """How the persistent kernels split (B, H) over the device for a cell of ``gates`` gate
+    blocks (LSTM 4, GRU 3, RNN 1), or None where they do not fit (more shared memory than a
+    block may have, or a block over 1024 threads)."""
     sms, shared_max = _device_limits()
     u = -(-H // sms)
     grid = -(-H // u)
-    Hp, Gp = H | 1, (4 * H) | 1
+    G = gates * H
+    Hp, Gp = H | 1, G | 1
     block = 32 * -(-(B * u) // 32)
-    chunk = min(4 * H, max(32, (TILE_BYTES // (B * itemsize)) // 32 * 32))
-    fwd = (4 * u * Hp + B * Hp) * itemsize
+    chunk = min(G, max(32, (TILE_BYTES // (B * itemsize)) // 32 * 32))
+    fwd = (gates * u * Hp + B * Hp) * itemsize
     bwd = (u * Gp + B * (chunk | 1)) * itemsize
     if block > 1024 or max(fwd, bwd) > shared_max:
         return None
@@ -270,11 +273,14 @@ def _launch_cooperative(name: str, dtype, grid: int, block: int, shared: int, ar
     kernel((grid,), (block,), args, shared_mem=shared)
 
 
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def _persistent_plan_for(c, dtype):
-    if c.mode != "lstm" or not _PERSISTENT[0]:
+    if not _PERSISTENT[0]:
         return None
     B, H = c.Hs.shape[1], c.Hs.shape[2]
-    return persistent_plan(B, H, np.dtype(dtype).itemsize)
+    return persistent_plan(B, H, np.dtype(dtype).itemsize, _GATES[c.mode])
 
 
 def _step_stride(a) -> np.int64:
@@ -292,10 +298,18 @@ def forward_loop(c, xw, b_hh) -> None:
     Hs, W_hh, dtype = c.Hs, c.W_hh, xw.dtype
     plan = _persistent_plan_for(c, dtype)
     if plan is not None:  # the whole loop in one launch
-        bar = backend.get_array_module(xw).zeros(2, dtype=np.uint32)
-        _launch_cooperative("rk_lstm_persistent_forward", dtype, plan.grid, plan.block, plan.forward_shared,
-                            (xw, _step_stride(xw), W_hh, Hs, c.Cs, c.tanh_c, bar, np.int64(T), np.int64(B), Hn,
-                             np.int64(plan.units)))
+        xp = backend.get_array_module(xw)
+        bar = xp.zeros(2, dtype=np.uint32)
+        gates = xp.empty((T, B, G), dtype=dtype) if c.mode == "gru" else Hs  # Hs: never written there
+        aux = c.tanh_c if c.mode == "lstm" else c.hw_n if c.mode == "gru" else Hs
+        Cs = c.Cs if c.mode == "lstm" else Hs
+        has_bhh = c.mode == "gru" and b_hh is not None  # the others' b_hh is in xw already
+        relu = _relu_flag(c.nonlinearity) if c.mode == "rnn" else _OFF
+        _launch_cooperative(f"rk_{c.mode}_persistent_forward", dtype, plan.grid, plan.block, plan.forward_shared,
+                            (xw, _step_stride(xw), W_hh, b_hh if has_bhh else Hs, _flag(has_bhh), relu, gates, Hs,
+                             Cs, aux, bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units)))
+        if c.mode == "gru":
+            c.gates = gates
         return
     if c.mode == "lstm":
         for t in range(T):
@@ -334,11 +348,15 @@ def backward_loop(c, dXW, dHW_n, dy, dh, dc):
         dy = xp.ascontiguousarray(dy)  # a bidirectional layer's dy is a strided slice
     dy_t = (lambda t: dy[t]) if dy is not None else (lambda t: dh)  # never read without its flag
     plan = _persistent_plan_for(c, dtype)
-    if plan is not None and dh.flags.c_contiguous and dc.flags.c_contiguous:
+    if plan is not None and dh.flags.c_contiguous and (dc is None or dc.flags.c_contiguous):
         bar = xp.zeros(2, dtype=np.uint32)
-        _launch_cooperative("rk_lstm_persistent_backward", dtype, plan.grid, plan.block, plan.backward_shared,
-                            (dXW, _step_stride(dXW), c.Cs, c.tanh_c, W_hh, dh if dy is None else dy, has_dy, dh, dc,
-                             bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units), np.int64(plan.chunk)))
+        relu = _relu_flag(c.nonlinearity) if c.mode == "rnn" else _OFF
+        dummy = c.Hs  # for the pointers a cell does not use: never read or written there
+        _launch_cooperative(f"rk_{c.mode}_persistent_backward", dtype, plan.grid, plan.block, plan.backward_shared,
+                            (dXW, _step_stride(dXW), dHW_n if c.mode == "gru" else dummy, c.Hs,
+                             c.Cs if c.mode == "lstm" else dummy, c.tanh_c if c.mode == "lstm" else dummy, W_hh,
+                             dh if dy is None else dy, has_dy, relu, dh, dc if dc is not None else dh, bar,
+                             np.int64(T), np.int64(B), Hn, np.int64(plan.units), np.int64(plan.chunk)))
         return dh, dc
     if c.mode == "lstm":
         dc_prev = xp.empty((B, H), dtype=dtype)

@@ -172,8 +172,8 @@ extern "C" __global__ void rk_rnn_backward(const REAL* h, const REAL* dh, const 
     }
 }
 
-// ====================================================================== persistent LSTM
-// The whole time loop of one LSTM direction in one launch (opt-in: kernels.cuda.persistent).
+// ====================================================================== persistent loops
+// The whole time loop of one direction in one launch, for each cell (opt-in: kernels.cuda.persistent).
 // Block b owns the hidden units [b*u, b*u + u) of every gate; it keeps their rows of W_hh
 // (forward) or their columns (backward) in shared memory for all T steps, and the blocks
 // meet at a grid barrier once per step: no launch, no host round trip and no reload of
@@ -211,21 +211,27 @@ __device__ __forceinline__ void rk_grid_sync(unsigned int* bar, unsigned int nbl
 
 __device__ __forceinline__ rk_index rk_padded(rk_index n) { return n | 1; }
 
-// Forward. xw: step t's pre-activations (x W_ih^T + bias, (B, 4H)) at xw + t * xw_step
-// (xw_step < 0 for a reverse direction's view), replaced by the activated gates. Hs, Cs
-// (T+1, B, H) hold h_0, c_0 at [0] and receive the rest; tanh_c (T, B, H).
-// Shared: W rows (4u x Hp) then h_{t-1} (B x Hp), Hp = H | 1.
-extern "C" __global__ void rk_lstm_persistent_forward(REAL* xw, rk_index xw_step, const REAL* W_hh, REAL* Hs,
-                                                      REAL* Cs, REAL* tanh_c, unsigned int* bar, rk_index T,
-                                                      rk_index B, rk_index H, rk_index u) {
+// MODE: 0 RNN (NG = 1 gate block), 1 LSTM (4: i, f, g, o), 2 GRU (3: r, z, n).
+//
+// Forward. xw: step t's x W_ih^T + bias (B, NG*H) at xw + t * xw_step (xw_step < 0 for a
+// reverse direction's view). LSTM: replaced by the activated gates. GRU: read only; the
+// gates [r, z, n] go to `gates` (T, B, 3H) and h W_hn^T + b_hn to aux (T, B, H); b_hh
+// (3H,) is added to h W_hh^T where has_bhh. RNN: h = tanh (relu = 0) or max(., 0).
+// Hs, Cs (T+1, B, H) hold h_0, c_0 at [0] and receive the rest; LSTM: tanh(c) to aux.
+// Shared: W rows (NG*u x Hp) then h_{t-1} (B x Hp), Hp = H | 1.
+template <int NG, int MODE>
+__device__ __forceinline__ void rk_persistent_forward(REAL* xw, rk_index xw_step, const REAL* W_hh,
+                                                      const REAL* b_hh, int has_bhh, int relu, REAL* gates,
+                                                      REAL* Hs, REAL* Cs, REAL* aux, unsigned int* bar,
+                                                      rk_index T, rk_index B, rk_index H, rk_index u) {
     RK_DYNAMIC_SHARED(rk_smem);
     REAL* w = (REAL*)rk_smem;
-    const rk_index Hp = rk_padded(H);
-    REAL* hs = w + 4 * u * Hp;
+    const rk_index Hp = rk_padded(H), G = NG * H;
+    REAL* hs = w + NG * u * Hp;
     const rk_index j0 = (rk_index)blockIdx.x * u;
     const rk_index nu = (H - j0 < u) ? (H - j0) : u;
     unsigned int gen = 0;
-    for (rk_index idx = threadIdx.x; idx < 4 * nu * H; idx += blockDim.x) {
+    for (rk_index idx = threadIdx.x; idx < NG * nu * H; idx += blockDim.x) {
         const rk_index g = idx / (nu * H), rest = idx - g * nu * H, jj = rest / H, k = rest - jj * H;
         w[(g * u + jj) * Hp + k] = W_hh[(g * H + j0 + jj) * H + k];
     }
@@ -238,52 +244,72 @@ extern "C" __global__ void rk_lstm_persistent_forward(REAL* xw, rk_index xw_step
         __syncthreads();
         REAL* a = xw + t * xw_step;
         for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
-            const rk_index b = p / nu, jj = p - b * nu, j = j0 + jj;
-            REAL* ab = a + b * 4 * H + j;
-            REAL si = ab[0], sf = ab[H], sg = ab[2 * H], so = ab[3 * H];
+            const rk_index b = p / nu, jj = p - b * nu, j = j0 + jj, k = b * H + j;
+            REAL* ab = a + b * G + j;
             const REAL* hb = hs + b * Hp;
-            const REAL* wi = w + (0 * u + jj) * Hp;
-            const REAL* wf = w + (1 * u + jj) * Hp;
-            const REAL* wg = w + (2 * u + jj) * Hp;
-            const REAL* wo = w + (3 * u + jj) * Hp;
-            for (rk_index k = 0; k < H; ++k) {
-                const REAL hv = hb[k];
-                si += hv * wi[k];
-                sf += hv * wf[k];
-                sg += hv * wg[k];
-                so += hv * wo[k];
+            REAL s[NG];
+#pragma unroll
+            for (int g = 0; g < NG; ++g) s[g] = (MODE == 2) ? (REAL)0 : ab[g * H];
+            for (rk_index kk = 0; kk < H; ++kk) {
+                const REAL hv = hb[kk];
+#pragma unroll
+                for (int g = 0; g < NG; ++g) s[g] += hv * w[(g * u + jj) * Hp + kk];
             }
-            const REAL gi = rk_sigmoid(si), gf = rk_sigmoid(sf), gg = rk_tanh(sg), go = rk_sigmoid(so);
-            ab[0] = gi;
-            ab[H] = gf;
-            ab[2 * H] = gg;
-            ab[3 * H] = go;
-            const rk_index k = b * H + j;
-            const REAL cn = gf * Cs[t * B * H + k] + gi * gg;
-            const REAL tc = rk_tanh(cn);
-            Cs[(t + 1) * B * H + k] = cn;
-            tanh_c[t * B * H + k] = tc;
-            Hs[(t + 1) * B * H + k] = go * tc;
+            if (MODE == 1) {
+                const REAL gi = rk_sigmoid(s[0]), gf = rk_sigmoid(s[1]), gg = rk_tanh(s[2]);
+                const REAL go = rk_sigmoid(s[NG - 1]);
+                ab[0] = gi;
+                ab[H] = gf;
+                ab[2 * H] = gg;
+                ab[3 * H] = go;
+                const REAL cn = gf * Cs[t * B * H + k] + gi * gg;
+                const REAL tc = rk_tanh(cn);
+                Cs[(t + 1) * B * H + k] = cn;
+                aux[t * B * H + k] = tc;
+                Hs[(t + 1) * B * H + k] = go * tc;
+            } else if (MODE == 2) {
+                REAL hr = s[0], hz = s[1 % NG], hn = s[2 % NG];
+                if (has_bhh) {
+                    hr += b_hh[j];
+                    hz += b_hh[H + j];
+                    hn += b_hh[2 * H + j];
+                }
+                const REAL r = rk_sigmoid(ab[0] + hr);
+                const REAL z = rk_sigmoid(ab[H] + hz);
+                const REAL nn = rk_tanh(ab[2 * H] + r * hn);
+                REAL* gb = gates + t * B * G + b * G + j;
+                gb[0] = r;
+                gb[H] = z;
+                gb[2 * H] = nn;
+                aux[t * B * H + k] = hn;
+                Hs[(t + 1) * B * H + k] = nn + z * (hb[j] - nn);
+            } else {
+                const REAL v = s[0];
+                Hs[(t + 1) * B * H + k] = relu ? (v > (REAL)0 ? v : (REAL)0) : rk_tanh(v);
+            }
         }
         rk_grid_sync(bar, gridDim.x, &gen);  // h_t complete before any block reads it
     }
 }
 
-// Backward (BPTT). gates: step t's activated gates at gates + t * g_step, replaced by dA_t
-// (the gradient of the pre-activations). dy (T, B, H) where has_dy; dh, dc (B, H): the
-// gradients reaching h_T, c_T in, those reaching h_0, c_0 out. Each block reads and writes
-// only its own units of dh and dc; dA_t crosses blocks, once per step, after the barrier:
-// dh_{t-1}[:, k] = dA_t W_hh[:, k] for the block's k, dA_t staged through shared memory R
-// columns at a time (coalesced loads; a thread then reads the tile and W_hh's columns from
-// shared memory only). Shared: W_hh's columns (u x Gp), then the tile (B x Rp), Rp = R | 1.
-extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_step, const REAL* Cs,
-                                                       const REAL* tanh_c, const REAL* W_hh, const REAL* dy,
-                                                       int has_dy, REAL* dh, REAL* dc, unsigned int* bar,
-                                                       rk_index T, rk_index B, rk_index H, rk_index u,
-                                                       rk_index R) {
+// Backward (BPTT). dxw: step t's gates at dxw + t * g_step (LSTM, GRU: the activated gates;
+// RNN: unused), replaced by the gradient of x W_ih^T + b_ih. GRU: dhw_n (T, B, H) holds
+// h W_hn^T + b_hn in and receives its gradient, dan * r. dy (T, B, H) where has_dy; dh (B, H):
+// the gradient reaching h_T in, h_0 out; LSTM: dc likewise for c. Each block reads and writes
+// only its own units of dh and dc; the step's gradient of h W_hh^T (dA_t; the GRU's
+// [dar, daz] from dxw and dan * r from dhw_n) crosses blocks, once per step, after the
+// barrier: dh_{t-1}[:, k] = direct path + dA_t W_hh[:, k] for the block's k, dA_t staged
+// through shared memory R columns at a time. Shared: W_hh's columns (u x Gp), then the
+// tile (B x Rp), Rp = R | 1.
+template <int NG, int MODE>
+__device__ __forceinline__ void rk_persistent_backward(REAL* dxw, rk_index g_step, REAL* dhw_n, const REAL* Hs,
+                                                       const REAL* Cs, const REAL* tanh_c, const REAL* W_hh,
+                                                       const REAL* dy, int has_dy, int relu, REAL* dh, REAL* dc,
+                                                       unsigned int* bar, rk_index T, rk_index B, rk_index H,
+                                                       rk_index u, rk_index R) {
     RK_DYNAMIC_SHARED(rk_smem);
     REAL* w = (REAL*)rk_smem;
-    const rk_index G = 4 * H, Gp = rk_padded(G), Rp = rk_padded(R);
+    const rk_index G = NG * H, Gp = rk_padded(G), Rp = rk_padded(R);
     REAL* tile = w + u * Gp;
     const rk_index j0 = (rk_index)blockIdx.x * u;
     const rk_index nu = (H - j0 < u) ? (H - j0) : u;
@@ -294,23 +320,41 @@ extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_s
     }
     __syncthreads();
     for (rk_index t = T - 1; t >= 0; --t) {
-        REAL* dA = gates + t * g_step;
+        REAL* dA = dxw + t * g_step;
+        REAL* dn = dhw_n + t * B * H;  // GRU only
         for (rk_index p = threadIdx.x; p < B * nu; p += blockDim.x) {
             const rk_index b = p / nu, j = j0 + (p - b * nu), k = b * H + j;
             REAL* ab = dA + b * G + j;
-            const REAL gi = ab[0], gf = ab[H], gg = ab[2 * H], go = ab[3 * H];
-            const REAL tc = tanh_c[t * B * H + k];
             const REAL g_h = has_dy ? dh[k] + dy[t * B * H + k] : dh[k];
-            const REAL dct = dc[k] + g_h * go * ((REAL)1 - tc * tc);
-            ab[0] = dct * gg * (gi * ((REAL)1 - gi));
-            ab[H] = dct * Cs[t * B * H + k] * (gf * ((REAL)1 - gf));
-            ab[2 * H] = dct * gi * ((REAL)1 - gg * gg);
-            ab[3 * H] = g_h * tc * (go * ((REAL)1 - go));
-            dc[k] = dct * gf;
+            if (MODE == 1) {
+                const REAL gi = ab[0], gf = ab[H], gg = ab[2 * H], go = ab[3 * (NG / 4) * H];
+                const REAL tc = tanh_c[t * B * H + k];
+                const REAL dct = dc[k] + g_h * go * ((REAL)1 - tc * tc);
+                ab[0] = dct * gg * (gi * ((REAL)1 - gi));
+                ab[H] = dct * Cs[t * B * H + k] * (gf * ((REAL)1 - gf));
+                ab[2 * H] = dct * gi * ((REAL)1 - gg * gg);
+                ab[3 * (NG / 4) * H] = g_h * tc * (go * ((REAL)1 - go));
+                dc[k] = dct * gf;
+                dh[k] = 0;
+            } else if (MODE == 2) {
+                const REAL r = ab[0], z = ab[H], nn = ab[2 * H];
+                const REAL dan = g_h * ((REAL)1 - z) * ((REAL)1 - nn * nn);
+                const REAL daz = g_h * (Hs[t * B * H + k] - nn) * (z * ((REAL)1 - z));
+                const REAL dar = dan * dn[k] * (r * ((REAL)1 - r));
+                ab[0] = dar;
+                ab[H] = daz;
+                ab[2 * H] = dan;
+                dn[k] = dan * r;
+                dh[k] = g_h * z;  // the direct path to h_{t-1}; the GEMM part is added below
+            } else {
+                const REAL y = Hs[(t + 1) * B * H + k];
+                ab[0] = relu ? (y > (REAL)0 ? g_h : (REAL)0) : g_h * ((REAL)1 - y * y);
+                dh[k] = 0;
+            }
         }
         rk_grid_sync(bar, gridDim.x, &gen);  // dA_t complete before any block reads it
-        // dh_{t-1}: one (row, unit) pair a thread, blockDim.x pairs at a time (the launch
-        // gives every pair a thread, so once), the columns of dA_t R at a time
+        // dh_{t-1} += dA_t W_hh[:, own units]: one (row, unit) pair a thread, blockDim.x pairs at a
+        // time (the launch gives every pair a thread, so once), dA_t's columns R at a time
         for (rk_index p0 = 0; p0 < B * nu; p0 += blockDim.x) {
             const rk_index p = p0 + threadIdx.x;
             const bool active = p < B * nu;
@@ -320,8 +364,9 @@ extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_s
             for (rk_index r0 = 0; r0 < G; r0 += R) {
                 const rk_index nr = (G - r0 < R) ? (G - r0) : R;
                 for (rk_index idx = threadIdx.x; idx < B * nr; idx += blockDim.x) {
-                    const rk_index bb = idx / nr, r = idx - bb * nr;
-                    tile[bb * Rp + r] = __ldcg(dA + bb * G + r0 + r);
+                    const rk_index bb = idx / nr, r = idx - bb * nr, col = r0 + r;
+                    tile[bb * Rp + r] = (MODE == 2 && col >= 2 * H) ? __ldcg(dn + bb * H + col - 2 * H)
+                                                                    : __ldcg(dA + bb * G + col);
                 }
                 __syncthreads();
                 if (active) {
@@ -336,9 +381,28 @@ extern "C" __global__ void rk_lstm_persistent_backward(REAL* gates, rk_index g_s
                 }
                 __syncthreads();  // the tile is read by all before the next chunk replaces it
             }
-            if (active) dh[b * H + j0 + kk] = s0 + s1;
+            if (active) dh[b * H + j0 + kk] += s0 + s1;
         }
         // no grid barrier here: the next step reads only this block's own units of dh and dc,
         // and writes dA_{t-1}, which no block reads before the next barrier
     }
 }
+
+#define RK_PERSISTENT_ENTRIES(cell, NG, MODE)                                                                  \
+    extern "C" __global__ void rk_##cell##_persistent_forward(                                                 \
+        REAL* xw, rk_index xw_step, const REAL* W_hh, const REAL* b_hh, int has_bhh, int relu, REAL* gates,     \
+        REAL* Hs, REAL* Cs, REAL* aux, unsigned int* bar, rk_index T, rk_index B, rk_index H, rk_index u) {     \
+        rk_persistent_forward<NG, MODE>(xw, xw_step, W_hh, b_hh, has_bhh, relu, gates, Hs, Cs, aux, bar, T, B, \
+                                        H, u);                                                                 \
+    }                                                                                                          \
+    extern "C" __global__ void rk_##cell##_persistent_backward(                                                \
+        REAL* dxw, rk_index g_step, REAL* dhw_n, const REAL* Hs, const REAL* Cs, const REAL* tanh_c,            \
+        const REAL* W_hh, const REAL* dy, int has_dy, int relu, REAL* dh, REAL* dc, unsigned int* bar,          \
+        rk_index T, rk_index B, rk_index H, rk_index u, rk_index R) {                                          \
+        rk_persistent_backward<NG, MODE>(dxw, g_step, dhw_n, Hs, Cs, tanh_c, W_hh, dy, has_dy, relu, dh, dc,   \
+                                         bar, T, B, H, u, R);                                                  \
+    }
+
+RK_PERSISTENT_ENTRIES(rnn, 1, 0)
+RK_PERSISTENT_ENTRIES(lstm, 4, 1)
+RK_PERSISTENT_ENTRIES(gru, 3, 2)
