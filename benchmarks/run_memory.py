@@ -65,7 +65,7 @@ def longest_delay(task, delays, budget, seeds, rows, log, **kw):
 
 
 def markdown_table(table, delays, budget, what):
-    lines = [f"| cell | " + " | ".join(f"{what} {d}" for d in delays) + " | longest solved |",
+    lines = ["| cell | " + " | ".join(f"{what} {d}" for d in delays) + " | longest solved |",
              "|---|" + "---|" * (len(delays) + 1)]
     for label, results in table.items():
         cells, longest = [], "none"
