@@ -12,6 +12,9 @@ Two ways in, the same kernels:
   added (beta = 1) straight into the buffer the next kernel reads, and one kernel that
   also does the small passes around it (adding ``dy_t``, the GRU's ``b_hh``, ``hw_n`` and
   direct path). Two launches a step and direction, forward and backward.
+- opt-in (``use_persistent`` / ``persistent()``): the same loops as one cooperative
+  kernel a direction each way (``rk_<cell>_persistent_*``), W_hh kept in shared memory
+  across the steps, one grid barrier a step.
 
 Everything is queued on CuPy's current stream, so the time loop never waits for the
 device.
@@ -21,8 +24,10 @@ through ``cupy.RawModule``. Arrays a kernel cannot take as they are (not C-conti
 mixed dtypes) go to ``fused`` instead, which is the same math in CuPy array calls.
 
 The source is checked without a GPU too: ``tests/test_cuda_kernels.py`` runs these
-wrappers over the same ``.cu`` text compiled for the CPU (a shim that runs the grid in
-a loop) against the reference, and compiles it with nvcc where nvcc is installed.
+wrappers over the same ``.cu`` text compiled for the CPU (``tests/cuda_emulator.py``: the
+grid thread after thread, the cooperative kernels as concurrent threads with per-block
+shared memory and barriers) against the reference, and compiles it with nvcc where nvcc
+is installed; ``tests/test_gpu_emulated.py`` runs every GPU test that way.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ BLOCK = 256  # threads per block
 MAX_GRID = 4096  # blocks at most; the kernels' grid-stride loops cover any size
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _modules: dict = {}
+_functions: dict = {}  # (name, dtype) -> compiled function: no lookup in the module per launch
 
 
 def source() -> str:
@@ -50,13 +56,16 @@ def source() -> str:
 
 def _kernel(name: str, dtype):
     """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
-    key = np.dtype(dtype)
-    module = _modules.get(key)
-    if module is None:
-        cp = backend._import_cupy()
-        module = cp.RawModule(code=source(), options=("-std=c++14", f"-DREAL={_CTYPES[key]}"))
-        _modules[key] = module
-    return module.get_function(name)
+    key = (name, np.dtype(dtype))
+    function = _functions.get(key)
+    if function is None:
+        module = _modules.get(key[1])
+        if module is None:
+            cp = backend._import_cupy()
+            module = cp.RawModule(code=source(), options=("-std=c++14", f"-DREAL={_CTYPES[key[1]]}"))
+            _modules[key[1]] = module
+        function = _functions[key] = module.get_function(name)
+    return function
 
 
 def _launch(name: str, n: int, dtype, args: tuple) -> None:
@@ -205,7 +214,7 @@ def persistent_enabled() -> bool:
 
 @contextmanager
 def persistent(on: bool = True):
-    """``with cuda.persistent():`` the persistent LSTM kernels for a block, then as before."""
+    """``with cuda.persistent():`` the persistent kernels for a block, then as before."""
     before = _PERSISTENT[0]
     use_persistent(on)
     try:

@@ -205,7 +205,7 @@ def _to_gpu(task) -> None:
                          "builds its batches on the host only (no supports_cuda): use device 'cpu'")
     if not backend.gpu_available():
         raise ValueError("device 'cuda': CuPy is not installed or sees no CUDA device "
-                           "(pip install 'rnnkit[gpu]' on a machine with a GPU); use device 'cpu'")
+                         "(pip install 'rnnkit[gpu]' on a machine with a GPU); use device 'cpu'")
     task.model.to(device="cuda")
 
 
