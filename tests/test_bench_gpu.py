@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py without a GPU: its CPU mode for real, its GPU mode on the fake device.
+"""rnnkit bench-gpu (benchmarks/bench_gpu.py) without a GPU: its CPU mode for real, its GPU mode on the fake device.
 
 The GPU figures come from the device machine (``benchmarks/device_check.sh``); what is
 checked here is that the script runs every framework it can, times and reports them, and
@@ -24,10 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from rnnkit import bench_gpu
+
+    return bench_gpu
+
+
+def test_the_script_and_the_command_run_the_same_code(capsys):
+    from rnnkit.cli import main
+
+    spec = importlib.util.spec_from_file_location("bench_gpu_script", ROOT / "benchmarks" / "bench_gpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main is _load().main
+    assert main(["bench-gpu", "--device", "cpu", "--configs", "X"]) == 2  # the CLI's clean error
+    assert "--configs 'X'; expected a comma-separated subset of S, M, C" in capsys.readouterr().err
 
 
 def _torch_installed() -> bool:

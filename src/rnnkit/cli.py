@@ -4,7 +4,7 @@
     rnnkit train --task lm --preset ptb-small     train any task; every config field is a flag
     rnnkit generate --checkpoint C --prime TEXT   stream text from a language model
     rnnkit evaluate --checkpoint C [--file F]     metrics of a checkpoint (perplexity for a language model)
-    rnnkit gradflow | inspect | bench             the analysis and benchmark tools
+    rnnkit gradflow | inspect | bench | bench-gpu the analysis and benchmark tools
 
 Config precedence for ``train``: field defaults < ``--preset`` < ``--config FILE`` < flags.
 A config file is TOML (or JSON) with a ``[train]`` section (the trainer) and a ``[task]``
@@ -25,7 +25,8 @@ from pathlib import Path
 from .config import ConfigError, from_dict, merge_overrides
 
 PRESETS = "presets"
-TOOLS = {"gradflow": "rnnkit.analysis.gradflow", "inspect": "rnnkit.analysis.inspect", "bench": "rnnkit.bench"}
+TOOLS = {"gradflow": "rnnkit.analysis.gradflow", "inspect": "rnnkit.analysis.inspect", "bench": "rnnkit.bench",
+         "bench-gpu": "rnnkit.bench_gpu"}
 
 
 # --------------------------------------------------------------------------- flags from dataclasses
