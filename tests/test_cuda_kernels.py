@@ -208,6 +208,29 @@ def test_arrays_a_kernel_cannot_take_go_to_fused(emulated):
     assert emulated() == []
 
 
+def test_kernels_that_do_not_build_leave_the_fused_path_and_say_so(monkeypatch):
+    """An NVRTC or driver failure is not the user's end: one RuntimeWarning, the failure in
+    cuda.failures(), and the CuPy-array path (fused) computes the same from then on."""
+    monkeypatch.setattr(cuda, "_failures", {})
+
+    def broken(name, dtype):
+        raise RuntimeError("NVRTC_ERROR_COMPILATION (test)")
+
+    monkeypatch.setattr(cuda, "_kernel", broken)
+    rng = np.random.default_rng(2)
+    A, c_prev = _rand(rng, (3, 20), np.float32), _rand(rng, (3, 5), np.float32)
+    A_ref = A.copy()
+    got = [np.empty((3, 5), np.float32) for _ in range(3)]
+    want = [np.empty((3, 5), np.float32) for _ in range(3)]
+    with pytest.warns(RuntimeWarning, match=r"\(cells, float32\) failed here \(RuntimeError: NVRTC_ERROR"):
+        cuda.lstm_forward(A, c_prev, *got)
+    fused.lstm_forward(A_ref, c_prev, *want)
+    for g, w in zip([A] + got, [A_ref] + want):
+        np.testing.assert_array_equal(g, w)
+    cuda.rnn_forward(got[0], "tanh", got[1])  # said once: no second warning (pytest would fail on an error)
+    assert cuda.failures() == {("cells", "float32"): "RuntimeError: NVRTC_ERROR_COMPILATION (test)"}
+
+
 def test_pointwise_for_picks_cuda_only_off_numpy():
     class FakeCupy:  # any array module that is not NumPy stands for CuPy here
         pass

@@ -319,7 +319,14 @@ def test_persistent_loops_match_the_cpu(mode, nonlinearity, dtype, variant, monk
     "wide" has H = 265, several units per block and a last block with fewer."""
     launched = []
     real = cuda._launch_cooperative
-    monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: (launched.append(name), real(name, *a)))
+
+    def spy(name, *args):  # counts the launches that ran (a failed one falls back to the GEMM loop)
+        ran = real(name, *args)
+        if ran:
+            launched.append(name)
+        return ran
+
+    monkeypatch.setattr(cuda, "_launch_cooperative", spy)
     kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful", "bias": variant != "no bias"}
     if mode == "rnn":
         kw["nonlinearity"] = nonlinearity
@@ -350,12 +357,34 @@ def test_persistent_lstm_falls_back_where_it_does_not_fit(monkeypatch):
     monkeypatch.setattr(cuda, "_device_limits", lambda: (132, 64))  # 64 bytes of shared memory: nothing fits
     assert cuda.persistent_plan(20, 100, 4) is None and cuda.persistent_plan(2, 5, 4) is None
     launched = []
-    monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: launched.append(name))
+    monkeypatch.setattr(cuda, "_launch_cooperative", lambda name, *a: launched.append(name) or True)
     net = rnnkit.layers.LSTM(4, 5, dtype=np.float32, seed=0).to(device="cuda")
     with cuda.persistent():
         y, _ = net.forward(cp.ones((2, 3, 4), cp.float32))
         net.backward(cp.ones_like(y))
     assert launched == [] and bool(cp.isfinite(y).all())
+
+
+def test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so(monkeypatch):
+    """Where a persistent kernel does not build or launch (resources, an old driver), the
+    direction runs the GEMM loop instead: the same results, one RuntimeWarning, and the
+    failure in cuda.failures()."""
+    monkeypatch.setattr(cuda, "_failures", {})
+
+    def refuse(name, dtype):
+        raise RuntimeError("cooperative launch refused (test)")
+
+    monkeypatch.setattr(cuda, "_cooperative_kernel", refuse)
+    cpu = rnnkit.layers.GRU(5, 6, dtype=np.float64, seed=0)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    want = cpu.forward(x)[0]
+    with cuda.persistent(), pytest.warns(RuntimeWarning,
+                                         match="rk_gru_persistent_(forward|backward).*GEMM time loop"):
+        got = gpu.forward(cp.asarray(x))[0]
+        gpu.backward(cp.ones_like(got))
+    _close(got, want, np.float64)
+    assert set(cuda.failures()) == {("rk_gru_persistent_forward", "float64"), ("rk_gru_persistent_backward", "float64")}
 
 
 def test_persistent_plan_splits_units_over_the_multiprocessors(monkeypatch):

@@ -254,7 +254,11 @@ def _persistent(builder):
 
         def step():
             with cuda.persistent():
-                return inner()
+                out = inner()
+            failed = {k: v for k, v in cuda.failures().items() if "_persistent_" in k[0]}
+            if failed:  # it ran the GEMM loop instead: not the figure this row is for
+                raise RuntimeError(f"the persistent kernels failed here: {failed}")
+            return out
         return step
     return build
 

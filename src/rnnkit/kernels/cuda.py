@@ -21,7 +21,10 @@ device.
 
 The kernels are compiled on first use, once per dtype (float32, float64), by NVRTC
 through ``cupy.RawModule``. Arrays a kernel cannot take as they are (not C-contiguous,
-mixed dtypes) go to ``fused`` instead, which is the same math in CuPy array calls.
+mixed dtypes) go to ``fused`` instead, which is the same math in CuPy array calls; so does
+everything where the kernels fail to build, and the persistent loops fall back to the GEMM
+loop where they fail to build or launch: each failure is said once (a RuntimeWarning) and
+kept in :func:`failures`.
 
 The source is checked without a GPU too: ``tests/test_cuda_kernels.py`` runs these
 wrappers over the same ``.cu`` text compiled for the CPU (``tests/cuda_emulator.py``: the
@@ -32,6 +35,7 @@ is installed; ``tests/test_gpu_emulated.py`` runs every GPU test that way.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -74,6 +78,35 @@ def _launch(name: str, n: int, dtype, args: tuple) -> None:
 
 
 _OFF = np.int32(0)
+_failures: dict = {}  # what did not build or launch here: (what, dtype name) -> the error, once
+
+
+def failures() -> dict:
+    """What failed to build or launch on this machine (then the slower path ran instead):
+    ``{(what, dtype): "ErrorType: message"}``; empty when everything ran as designed."""
+    return dict(_failures)
+
+
+def _note_failure(key, exc, instead: str) -> None:
+    if key not in _failures:
+        _failures[key] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"rnnkit's CUDA kernels ({key[0]}, {key[1]}) failed here ({_failures[key]}); "
+                      f"running {instead} instead", RuntimeWarning, stacklevel=3)
+
+
+def _ready(dtype) -> bool:
+    """True when the cell kernels for ``dtype`` are built (NVRTC, on first use). A build that
+    fails is said once, as a warning, and the CuPy-array path (``fused``) runs from then on:
+    slower, the same results."""
+    key = ("cells", np.dtype(dtype).name)
+    if key in _failures:
+        return False
+    try:
+        _kernel("rk_rnn_forward", dtype)
+    except Exception as exc:  # noqa: BLE001 - NVRTC, driver or CuPy trouble: fall back, say why
+        _note_failure(key, exc, "the CuPy-array path (kernels.fused)")
+        return False
+    return True
 
 
 def _flag(on: bool):
@@ -86,7 +119,7 @@ def _takes(*arrays) -> bool:
     dtype = arrays[0].dtype
     if np.dtype(dtype) not in _CTYPES:
         return False
-    return all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+    return all(a.dtype == dtype and a.flags.c_contiguous for a in arrays) and _ready(dtype)
 
 
 def _sizes(h, **shapes):
@@ -189,7 +222,7 @@ def loop_takes(cache, xw) -> bool:
     """True when :func:`forward_loop` / :func:`backward_loop` run this direction: unmasked
     (padded steps keep the generic loop), one float dtype, C-contiguous weights."""
     return (cache.mask is None and np.dtype(xw.dtype) in _CTYPES and cache.W_hh.dtype == xw.dtype
-            and cache.W_hh.flags.c_contiguous)
+            and cache.W_hh.flags.c_contiguous and _ready(xw.dtype))
 
 
 # ------------------------------------------------------- the persistent loops (opt-in)
@@ -275,11 +308,22 @@ def _cooperative_kernel(name: str, dtype):
     return kernel
 
 
-def _launch_cooperative(name: str, dtype, grid: int, block: int, shared: int, args: tuple) -> None:
-    kernel = _cooperative_kernel(name, dtype)
-    if shared > 48 * 1024 and getattr(kernel, "max_dynamic_shared_size_bytes", shared) < shared:
-        kernel.max_dynamic_shared_size_bytes = shared  # beyond the default 48 KiB: opt in
-    kernel((grid,), (block,), args, shared_mem=shared)
+def _launch_cooperative(name: str, dtype, grid: int, block: int, shared: int, args: tuple) -> bool:
+    """Launch; False (said once, as a warning) where the kernel does not build or launch here,
+    and the caller runs the GEMM loop instead. Nothing is written before a launch starts, so
+    that fallback is safe."""
+    key = (name, np.dtype(dtype).name)
+    if key in _failures:
+        return False
+    try:
+        kernel = _cooperative_kernel(name, dtype)
+        if shared > 48 * 1024 and getattr(kernel, "max_dynamic_shared_size_bytes", shared) < shared:
+            kernel.max_dynamic_shared_size_bytes = shared  # beyond the default 48 KiB: opt in
+        kernel((grid,), (block,), args, shared_mem=shared)
+    except Exception as exc:  # noqa: BLE001 - build or launch refused (resources, cooperative limits)
+        _note_failure(key, exc, "the GEMM time loop")
+        return False
+    return True
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -314,12 +358,13 @@ def forward_loop(c, xw, b_hh) -> None:
         Cs = c.Cs if c.mode == "lstm" else Hs
         has_bhh = c.mode == "gru" and b_hh is not None  # the others' b_hh is in xw already
         relu = _relu_flag(c.nonlinearity) if c.mode == "rnn" else _OFF
-        _launch_cooperative(f"rk_{c.mode}_persistent_forward", dtype, plan.grid, plan.block, plan.forward_shared,
-                            (xw, _step_stride(xw), W_hh, b_hh if has_bhh else Hs, _flag(has_bhh), relu, gates, Hs,
-                             Cs, aux, bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units)))
-        if c.mode == "gru":
-            c.gates = gates
-        return
+        if _launch_cooperative(f"rk_{c.mode}_persistent_forward", dtype, plan.grid, plan.block,
+                               plan.forward_shared,
+                               (xw, _step_stride(xw), W_hh, b_hh if has_bhh else Hs, _flag(has_bhh), relu, gates,
+                                Hs, Cs, aux, bar, np.int64(T), np.int64(B), Hn, np.int64(plan.units))):
+            if c.mode == "gru":
+                c.gates = gates
+            return
     if c.mode == "lstm":
         for t in range(T):
             A = xw[t]  # x W_ih^T + bias; + h W_hh^T; then the activated gates
@@ -361,12 +406,13 @@ def backward_loop(c, dXW, dHW_n, dy, dh, dc):
         bar = xp.zeros(2, dtype=np.uint32)
         relu = _relu_flag(c.nonlinearity) if c.mode == "rnn" else _OFF
         dummy = c.Hs  # for the pointers a cell does not use: never read or written there
-        _launch_cooperative(f"rk_{c.mode}_persistent_backward", dtype, plan.grid, plan.block, plan.backward_shared,
-                            (dXW, _step_stride(dXW), dHW_n if c.mode == "gru" else dummy, c.Hs,
-                             c.Cs if c.mode == "lstm" else dummy, c.tanh_c if c.mode == "lstm" else dummy, W_hh,
-                             dh if dy is None else dy, has_dy, relu, dh, dc if dc is not None else dh, bar,
-                             np.int64(T), np.int64(B), Hn, np.int64(plan.units), np.int64(plan.chunk)))
-        return dh, dc
+        if _launch_cooperative(f"rk_{c.mode}_persistent_backward", dtype, plan.grid, plan.block,
+                               plan.backward_shared,
+                               (dXW, _step_stride(dXW), dHW_n if c.mode == "gru" else dummy, c.Hs,
+                                c.Cs if c.mode == "lstm" else dummy, c.tanh_c if c.mode == "lstm" else dummy, W_hh,
+                                dh if dy is None else dy, has_dy, relu, dh, dc if dc is not None else dh, bar,
+                                np.int64(T), np.int64(B), Hn, np.int64(plan.units), np.int64(plan.chunk))):
+            return dh, dc
     if c.mode == "lstm":
         dc_prev = xp.empty((B, H), dtype=dtype)
         for t in range(T - 1, -1, -1):
@@ -394,6 +440,6 @@ def available() -> bool:
     return backend.gpu_available()
 
 
-__all__ = ["PersistentPlan", "available", "backward_loop", "forward_loop", "gemm", "gru_backward", "gru_forward",
-           "loop_takes", "lstm_backward", "lstm_forward", "persistent", "persistent_enabled", "persistent_plan",
-           "rnn_backward", "rnn_forward", "source", "use_persistent"]
+__all__ = ["PersistentPlan", "available", "backward_loop", "failures", "forward_loop", "gemm", "gru_backward",
+           "gru_forward", "loop_takes", "lstm_backward", "lstm_forward", "persistent", "persistent_enabled",
+           "persistent_plan", "rnn_backward", "rnn_forward", "source", "use_persistent"]
