@@ -211,7 +211,7 @@ def test_arrays_a_kernel_cannot_take_go_to_fused(emulated):
 def test_kernels_that_do_not_build_leave_the_fused_path_and_say_so(monkeypatch):
     """An NVRTC or driver failure is not the user's end: one RuntimeWarning, the failure in
     cuda.failures(), and the CuPy-array path (fused) computes the same from then on."""
-    monkeypatch.setattr(cuda, "_failures", {})
+    monkeypatch.setattr(cuda, "_failures", {})  # this test's own record, dropped after it
 
     def broken(name, dtype):
         raise RuntimeError("NVRTC_ERROR_COMPILATION (test)")

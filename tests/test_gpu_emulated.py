@@ -22,6 +22,7 @@ import test_gpu
 from cuda_emulator import Emulators, compiler
 from fake_cupy import make_modules
 from test_gpu import (  # collected here, run against the fake device
+    no_silent_fallback,
     test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
     test_cell_math_is_one_launch_per_step,
     test_device_kernels_match_the_reference,
@@ -37,6 +38,7 @@ from test_gpu import (  # collected here, run against the fake device
     test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic,
 )
 
+FIXTURES = (no_silent_fallback,)
 COLLECTED = (test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
              test_cell_math_is_one_launch_per_step, test_device_kernels_match_the_reference,
              test_each_layer_on_the_gpu_matches_the_cpu,
