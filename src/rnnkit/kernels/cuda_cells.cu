@@ -1,4 +1,5 @@
-// The cells' pointwise math as CUDA kernels: one launch per step and direction.
+// The cells' pointwise math as CUDA kernels: one launch per step and direction; and, at
+// the end of the file, each cell's whole time loop as one persistent kernel each way.
 //
 // The same contract as kernels/pointwise.py (the NumPy reference, the oracle these are
 // tested against): the time loop does the GEMMs (cuBLAS, through CuPy), each kernel here
@@ -11,7 +12,8 @@
 // -DREAL=... (NVRTC through cupy.RawModule). Nothing is #included, so NVRTC needs no
 // headers; tests/test_cuda_kernels.py compiles the same text with nvcc (syntax and
 // types, when nvcc is on the PATH) and with the host C++ compiler through a small shim
-// that runs the grid on the CPU (the math and the indexing, against the reference).
+// (tests/cuda_emulator.py) that runs the grid on the CPU (the math and the indexing,
+// against the reference; the persistent kernels' blocks as concurrent threads).
 //
 // Layouts (all C-contiguous, row stride given by the gate count G):
 //   LSTM  A, gates, dA (B, 4H) in PyTorch's order [i, f, g, o];  c, tanh_c, h (B, H)
