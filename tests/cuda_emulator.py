@@ -38,6 +38,9 @@ static thread_local std::barrier<>* rk_emu_block_barrier = nullptr;
 extern "C" void rk_emu_set_thread(unsigned b, unsigned t, unsigned grid, unsigned block) {
     blockIdx.x = b; threadIdx.x = t; gridDim.x = grid; blockDim.x = block;
 }
+using std::exp;  // CUDA's float overloads of the math functions (expf, logf, fmaxf)
+using std::fmax;
+using std::log;
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -69,7 +72,8 @@ template <class F> static void rk_emu_run(unsigned grid, unsigned block, size_t 
 """
 
 # each kernel's parameters, in the order of the .cu signatures: p = pointer to REAL, u = pointer to
-# unsigned int, l = long long, i = int (tests/test_cuda_kernels.py reads them off the .cu and compares)
+# unsigned int, q = pointer to long long, b = pointer to unsigned char (bool), l = long long, i = int,
+# r = a REAL (tests/test_cuda_kernels.py reads them off the .cu and compares)
 SIGNATURES = {
     "rk_lstm_forward": "pppppll",
     "rk_lstm_backward": "pppppipippll",
@@ -78,12 +82,16 @@ SIGNATURES = {
     "rk_rnn_forward": "ppil",
     "rk_rnn_backward": "pppipil",
 }
+SIGNATURES["rk_softmax_xent_rows"] = "pqbiripll"
 for _cell in ("rnn", "lstm", "gru"):
     SIGNATURES[f"rk_{_cell}_persistent_forward"] = "plppiippppullll"
     SIGNATURES[f"rk_{_cell}_persistent_backward"] = "plppppppiippulllll"
-# the kernels that run as one cooperative grid (all threads at once, with barriers)
-COOPERATIVE = tuple(name for name in SIGNATURES if "_persistent_" in name)
-_CTYPE = {"p": ctypes.c_void_p, "u": ctypes.c_void_p, "l": ctypes.c_longlong, "i": ctypes.c_int}
+# the kernels that run as one concurrent grid (all threads at once, with barriers): the
+# persistent ones (launched cooperatively on the GPU) and those with block barriers
+COOPERATIVE = tuple(name for name in SIGNATURES if "_persistent_" in name) + ("rk_softmax_xent_rows",)
+_CTYPE = {"p": ctypes.c_void_p, "u": ctypes.c_void_p, "q": ctypes.c_void_p, "b": ctypes.c_void_p,
+          "l": ctypes.c_longlong, "i": ctypes.c_int}
+_POINTEE = {"u": np.dtype(np.uint32), "q": np.dtype(np.int64), "b": np.dtype(np.bool_)}
 _KERNEL_DECL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 
 
@@ -166,16 +174,17 @@ class Emulator:
         cooperative = name in COOPERATIVE
         fn = getattr(self.lib, f"rk_emu_{name}")
         fn.restype = None
+        real = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
         fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + ([ctypes.c_size_t] if cooperative else []) + \
-            [_CTYPE[k] for k in kinds]
+            [real if k == "r" else _CTYPE[k] for k in kinds]
 
         def launch(grid, block, args, shared_mem=0):
             if len(args) != len(kinds):
                 raise TypeError(f"{name} takes {len(kinds)} arguments; got {len(args)}")
             values = []
             for kind, arg in zip(kinds, args):
-                if kind in "pu":
-                    want = self.dtype if kind == "p" else np.dtype(np.uint32)
+                if kind in "pubq":
+                    want = self.dtype if kind == "p" else _POINTEE[kind]
                     # a view's data pointer is where its element [0] is, as CuPy passes it (a reversed
                     # view of a time axis included); the kernels index from there with the strides given
                     if not isinstance(arg, np.ndarray) or arg.dtype != want:
@@ -188,6 +197,10 @@ class Emulator:
                     if not isinstance(arg, np.int64):
                         raise TypeError(f"{name}: long long argument {arg!r}; expected numpy.int64")
                     values.append(int(arg))
+                elif kind == "r":
+                    if not isinstance(arg, self.dtype.type):
+                        raise TypeError(f"{name}: REAL argument {arg!r}; expected numpy.{self.dtype.name}")
+                    values.append(float(arg))
                 else:
                     if not isinstance(arg, np.int32):
                         raise TypeError(f"{name}: int argument {arg!r}; expected numpy.int32")

@@ -135,6 +135,42 @@ def test_rnn_forward_and_backward_match_reference(emulated, dtype, nonlinearity,
     _close(da, want_da, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1, 5, 32, 77])
+@pytest.mark.parametrize("with_valid", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_softmax_xent_rows_match_the_reference(emulated, monkeypatch, dtype, V, with_valid, grad):
+    """One block per row: the loss of each row and, in place, scale * (softmax - onehot),
+    zero in rows not counted; against the NumPy passes of linear_cross_entropy."""
+    from rnnkit.layers.losses import _softmax_grad_rows, _softmax_rows
+
+    monkeypatch.setattr(cuda, "ROWS_BLOCK", 16)  # rows longer than a block, and a block longer than a row
+    monkeypatch.setattr(cuda, "ROWS_GRID", 3)  # fewer blocks than rows: the grid-stride loop over rows
+    rng = np.random.default_rng(V)
+    N = 7
+    z = (4 * rng.standard_normal((N, V))).astype(dtype)
+    z[2, 0] = 60.0  # a logit exp() of which would overflow without the row max
+    t = rng.integers(0, V, N).astype(np.int64)
+    valid = np.array([1, 0, 1, 1, 0, 1, 1], dtype=bool) if with_valid else None
+    want_z = z.copy()
+    with kernels.using("fused"):
+        sumexp, want_loss = _softmax_rows(want_z, t, want_z)
+        if grad:
+            _softmax_grad_rows(want_z, t, sumexp, valid, 0.37)
+    got_z = z.copy()
+    got_loss = cuda.softmax_xent_rows(got_z, t, valid, 0.37, grad)
+    _close(got_loss, want_loss, dtype)
+    _close(got_z, want_z if grad else z, dtype)
+    assert [name for name, _, _ in emulated()] == ["rk_softmax_xent_rows"]
+
+
+def test_softmax_xent_rows_refuse_mismatched_targets(emulated):
+    with pytest.raises(ValueError, match=r"targets \(3,\) / valid None; expected \(2,\) for logits \(2, 4\)"):
+        cuda.softmax_xent_rows(np.zeros((2, 4), np.float32), np.zeros(3, np.int64), None, 1.0, True)
+    assert not cuda.softmax_xent_takes(np.zeros((2, 4), np.float32), np.zeros(2, np.int32), None)  # int32 ids
+    assert emulated() == []
+
+
 def test_grid_stride_loop_covers_every_element_with_few_threads(emulated, monkeypatch):
     """With 3 threads a block and at most 2 blocks, each thread walks many elements."""
     monkeypatch.setattr(cuda, "BLOCK", 3)
@@ -304,7 +340,8 @@ def test_nvcc_compiles_every_kernel(tmp_path, real):
 
 def test_emulator_signatures_match_the_source():
     """The emulator's argument kinds are read off the .cu text, so the two cannot drift."""
-    kinds = {"REAL*": "p", "unsignedint*": "u", "rk_index": "l", "int": "i"}
+    kinds = {"REAL*": "p", "unsignedint*": "u", "longlong*": "q", "unsignedchar*": "b", "rk_index": "l", "int": "i",
+             "REAL": "r"}
     found = {name: "".join(kinds[re.sub(r"\bconst\s+", "", ctype).replace(" ", "")] for ctype, _ in params)
              for name, params in kernel_params(cuda.source()).items()}
     assert found == SIGNATURES

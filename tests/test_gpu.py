@@ -217,6 +217,23 @@ def test_each_layer_on_the_gpu_matches_the_cpu(name, dtype):
         np.testing.assert_allclose(_host(gg), gw, **TOL[dtype], err_msg=pname)
 
 
+def test_the_output_layer_is_one_softmax_launch_per_block(monkeypatch):
+    """linear_cross_entropy on the GPU: loss, softmax and gradient in one kernel per block of
+    rows, and with the default block size the whole (N, V) in one block (launches, not
+    memory, are what blocks cost there)."""
+    calls = []
+    real = cuda.softmax_xent_rows
+    monkeypatch.setattr(cuda, "softmax_xent_rows", lambda z, *a: (calls.append(z.shape), real(z, *a))[1])
+    lin = rnnkit.layers.Linear(8, 8000, dtype=np.float32, seed=0).to(device="cuda")
+    rng = np.random.default_rng(0)
+    x, t = cp.asarray(rng.standard_normal((5, 140, 8)).astype(np.float32)), cp.asarray(rng.integers(0, 8000, (5, 140)))
+    rnnkit.layers.linear_cross_entropy(lin, x, t)
+    assert calls == [(700, 8000)]  # 22 MB of logits: one block (the CPU's default makes two)
+    calls.clear()
+    rnnkit.layers.linear_cross_entropy(lin, x, t, chunk_bytes=300 * 8000 * 4)  # asked for: 3 equal-ish blocks
+    assert calls == [(234, 8000), (234, 8000), (232, 8000)]
+
+
 # --------------------------------------------------------------------- whole layers
 CASES = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
 

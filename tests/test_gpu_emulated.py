@@ -33,6 +33,7 @@ from test_gpu import (  # collected here, run against the fake device
     test_persistent_lstm_falls_back_where_it_does_not_fit,
     test_persistent_loops_match_the_cpu,
     test_persistent_plan_splits_units_over_the_multiprocessors,
+    test_the_output_layer_is_one_softmax_launch_per_block,
     test_time_loop_never_waits_for_the_device,
     test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
     test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic,
@@ -46,6 +47,7 @@ COLLECTED = (test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and
              test_layer_on_the_gpu_matches_the_cpu, test_lm_training_steps_on_the_gpu_match_the_cpu,
              test_persistent_lstm_falls_back_where_it_does_not_fit, test_persistent_loops_match_the_cpu,
              test_persistent_plan_splits_units_over_the_multiprocessors,
+             test_the_output_layer_is_one_softmax_launch_per_block,
              test_time_loop_never_waits_for_the_device, test_trainer_on_the_gpu_learns_and_writes_host_checkpoints,
              test_unmasked_directions_run_the_gpu_loop_and_padded_ones_the_generic)
 
@@ -66,8 +68,12 @@ def fake_device(monkeypatch, emulators):
     monkeypatch.setattr(backend, "gpu_available", lambda: True)
     monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
     monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
-    # four "multiprocessors" (grids of at most 4 blocks of std::threads) and room for any shape
+    # four "multiprocessors" (grids of at most 4 blocks of std::threads) and room for any shape;
+    # the softmax rows on 2 blocks of 2 threads (few std::threads a launch; the tree of the
+    # reduction is tested wider in test_cuda_kernels)
     monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
+    monkeypatch.setattr(cuda, "ROWS_BLOCK", 2)
+    monkeypatch.setattr(cuda, "ROWS_GRID", 2)
     monkeypatch.setattr(test_gpu, "cp", cupy)
     monkeypatch.setattr(test_gpu, "cupyx", cupyx)
     yield

@@ -408,3 +408,50 @@ __device__ __forceinline__ void rk_persistent_backward(REAL* dxw, rk_index g_ste
 RK_PERSISTENT_ENTRIES(rnn, 1, 0)
 RK_PERSISTENT_ENTRIES(lstm, 4, 1)
 RK_PERSISTENT_ENTRIES(gru, 3, 2)
+
+// ============================================================== softmax cross-entropy rows
+// The output layer's loss and its gradient, one block per row of z (N, V), in place:
+// neg_logp[row] = log(sum_v exp(z_v - m)) + m - z_t, m = max_v z_v; and where grad, z is
+// replaced by scale * (softmax(z) - onehot(t)), times valid[row] where has_valid (rows not
+// counted get zeros). Three passes over the row (max, sum, gradient), the row cached on chip
+// between them. blockDim.x is a power of two; shared memory: blockDim.x REALs.
+extern "C" __global__ void rk_softmax_xent_rows(REAL* z, const long long* t, const unsigned char* valid,
+                                                int has_valid, REAL scale, int grad, REAL* neg_logp,
+                                                rk_index N, rk_index V) {
+    RK_DYNAMIC_SHARED(rk_smem_rows);
+    REAL* red = (REAL*)rk_smem_rows;
+    for (rk_index row = blockIdx.x; row < N; row += gridDim.x) {
+        REAL* zr = z + row * V;
+        REAL m = zr[0];  // a value of the row: no infinity needed (a NaN still reaches the loss, by the sum)
+        for (rk_index v = threadIdx.x; v < V; v += blockDim.x) m = fmax(m, zr[v]);
+        red[threadIdx.x] = m;
+        __syncthreads();
+        for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + s]);
+            __syncthreads();
+        }
+        m = red[0];
+        __syncthreads();
+        REAL sum = 0;
+        for (rk_index v = threadIdx.x; v < V; v += blockDim.x) sum += exp(zr[v] - m);
+        red[threadIdx.x] = sum;
+        __syncthreads();
+        for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+            __syncthreads();
+        }
+        sum = red[0];
+        const long long target = t[row];
+        if (threadIdx.x == 0) neg_logp[row] = log(sum) + m - zr[target];
+        __syncthreads();  // zr[target] read before the gradient overwrites it
+        if (grad) {
+            const REAL rs = (has_valid && !valid[row]) ? (REAL)0 : scale;
+            const REAL inv = rs / sum;
+            for (rk_index v = threadIdx.x; v < V; v += blockDim.x) {
+                const REAL g = exp(zr[v] - m) * inv;
+                zr[v] = (v == target) ? g - rs : g;
+            }
+        }
+        __syncthreads();  // red[] is reused by the next row
+    }
+}

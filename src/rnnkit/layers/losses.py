@@ -117,6 +117,7 @@ class SoftmaxCrossEntropy(Layer):
 
 
 CHUNK_BYTES = 16 << 20  # linear_cross_entropy's logits block; 2 blocks for the benchmark's M (700 x 10000)
+GPU_CHUNK_BYTES = 256 << 20  # on a GPU (where the default is asked for): a block is launches, memory is plenty
 # Where the native fused kernel (kernels.native.linear_xent) runs, from measurements on one
 # 2-core machine (benchmarks/RESULTS.md, "The output layer in one native kernel"): float32
 # vocabularies of at least NATIVE_MIN_VOCAB (enough rows of W to share among the threads);
@@ -186,6 +187,9 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     scale = dloss / max(count, 1)
     if _native_xent(linear, x2):
         return _linear_xent_native(linear, x, x2, t, valid, all_valid, count, scale, grad)
+    on_gpu = xp is not np
+    if on_gpu and chunk_bytes == CHUNK_BYTES:  # the CPU's cache-sized blocks cost launches there, not memory
+        chunk_bytes = GPU_CHUNK_BYTES
     rows = max(1, min(N, chunk_bytes // (V * W.itemsize)))
     rows = -(-N // -(-N // rows))  # as many blocks as needed, of equal size
     buf = xp.empty((rows, V), dtype=W.dtype)
@@ -196,14 +200,20 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
         z, tc, vc = buf[: r1 - r0], t[r0:r1], None if all_valid else valid[r0:r1]
         xp.matmul(x2[r0:r1], W.T, out=z)
         linear.add_bias(z)
-        sumexp, neg_logp = _softmax_rows(z, tc, z)
-        total += float((neg_logp if vc is None else neg_logp * vc).sum())
+        if on_gpu and kernels.cuda.softmax_xent_takes(z, tc, vc):
+            # loss, softmax and gradient in one launch; the total stays on the device until the end
+            neg_logp = kernels.cuda.softmax_xent_rows(z, tc, vc, scale, grad)
+            total = total + (neg_logp if vc is None else neg_logp * vc).sum()
+        else:
+            sumexp, neg_logp = _softmax_rows(z, tc, z)
+            total += float((neg_logp if vc is None else neg_logp * vc).sum())
+            if grad:
+                _softmax_grad_rows(z, tc, sumexp, vc, scale)
         if not grad:
             continue
-        _softmax_grad_rows(z, tc, sumexp, vc, scale)
         xp.matmul(z, W, out=dx[r0:r1])
         linear.accumulate_grads(z, x2[r0:r1])
-    loss = total / count if count else 0.0
+    loss = float(total) / count if count else 0.0
     return LinearCrossEntropyResult(loss, count, dx.reshape(x.shape) if grad else None)
 
 
