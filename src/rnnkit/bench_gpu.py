@@ -42,14 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = {  # name: (V, D, H, num_layers, B, T), as rnnkit/bench.py
-    "S": (10000, 100, 100, 1, 20, 35),
-    "M": (10000, 650, 650, 2, 20, 35),
-    "C": (65, 64, 512, 1, 32, 128),
-}
+from .bench import CLIP, CONFIGS, LR  # the CPU benchmark's sizes, clip and learning rate
+
 FRAMEWORKS = ("rnnkit", "rnnkit_persistent", "torch", "reference")
 RNNKIT = ("rnnkit", "rnnkit_persistent")  # the variants whose speed is reported as multiples
-CLIP, LR = 0.25, 1.0
 
 
 # ------------------------------------------------------------------------ devices
