@@ -53,9 +53,11 @@ inline void __nanosleep(unsigned) { std::this_thread::yield(); }
 template <class T> inline T __ldcg(const T* p) { T v; __atomic_load(p, &v, __ATOMIC_SEQ_CST); return v; }
 
 // a cooperative launch: every thread of the grid a std::thread, each block its own shared
-// memory and __syncthreads barrier, all running at once (as resident blocks do)
-template <class F> static void rk_emu_run(unsigned grid, unsigned block, size_t smem, F body) {
-    std::vector<std::vector<unsigned char>> shared(grid, std::vector<unsigned char>(smem + 16, 0xff));
+// memory and __syncthreads barrier, all running at once (as resident blocks do). Returns the
+// number of blocks that wrote past the shared memory the launch asked for (a guard zone).
+static const size_t RK_GUARD = 256;
+template <class F> static int rk_emu_run(unsigned grid, unsigned block, size_t smem, F body) {
+    std::vector<std::vector<unsigned char>> shared(grid, std::vector<unsigned char>(smem + RK_GUARD, 0xa5));
     std::vector<std::unique_ptr<std::barrier<>>> barriers;
     for (unsigned b = 0; b < grid; ++b) barriers.emplace_back(new std::barrier<>(block));
     std::vector<std::thread> threads;
@@ -68,6 +70,11 @@ template <class F> static void rk_emu_run(unsigned grid, unsigned block, size_t 
                 body();
             });
     for (auto& th : threads) th.join();
+    int overruns = 0;
+    for (unsigned b = 0; b < grid; ++b)
+        for (size_t i = smem; i < smem + RK_GUARD; ++i)
+            if (shared[b][i] != 0xa5) { ++overruns; break; }
+    return overruns;
 }
 """
 
@@ -124,8 +131,8 @@ def _launchers(source: str) -> str:
         decl = ", ".join(f"{ctype} {pname}" for ctype, pname in params)
         args = ", ".join(pname for _, pname in params)
         if name in COOPERATIVE:
-            text.append(f'extern "C" void rk_emu_{name}(unsigned grid, unsigned block, size_t smem, {decl}) {{\n'
-                        f"    rk_emu_run(grid, block, smem, [=] {{ {name}({args}); }});\n}}\n")
+            text.append(f'extern "C" int rk_emu_{name}(unsigned grid, unsigned block, size_t smem, {decl}) {{\n'
+                        f"    return rk_emu_run(grid, block, smem, [=] {{ {name}({args}); }});\n}}\n")
         else:
             text.append(f'extern "C" void rk_emu_{name}(unsigned grid, unsigned block, {decl}) {{\n'
                         f"    for (unsigned b = 0; b < grid; ++b)\n"
@@ -173,7 +180,7 @@ class Emulator:
         kinds = SIGNATURES[name]
         cooperative = name in COOPERATIVE
         fn = getattr(self.lib, f"rk_emu_{name}")
-        fn.restype = None
+        fn.restype = ctypes.c_int if cooperative else None
         real = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
         fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + ([ctypes.c_size_t] if cooperative else []) + \
             [real if k == "r" else _CTYPE[k] for k in kinds]
@@ -208,7 +215,10 @@ class Emulator:
             (gx,), (bx,) = grid, block
             self.launches.append((name, gx, bx))
             if cooperative:
-                fn(gx, bx, shared_mem, *values)
+                overruns = fn(gx, bx, shared_mem, *values)
+                if overruns:
+                    raise RuntimeError(f"{name}: {overruns} block(s) wrote past the {shared_mem} bytes of shared "
+                                       "memory the launch asked for")
                 return
             if shared_mem:
                 raise TypeError(f"{name} takes no shared memory; got shared_mem={shared_mem}")
