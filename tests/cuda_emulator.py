@@ -38,9 +38,10 @@ static thread_local std::barrier<>* rk_emu_block_barrier = nullptr;
 extern "C" void rk_emu_set_thread(unsigned b, unsigned t, unsigned grid, unsigned block) {
     blockIdx.x = b; threadIdx.x = t; gridDim.x = grid; blockDim.x = block;
 }
-using std::exp;  // CUDA's float overloads of the math functions (expf, logf, fmaxf)
+using std::exp;  // CUDA's float overloads of the math functions (expf, logf, fmaxf, sqrtf)
 using std::fmax;
 using std::log;
+using std::sqrt;
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -79,8 +80,8 @@ template <class F> static int rk_emu_run(unsigned grid, unsigned block, size_t s
 """
 
 # each kernel's parameters, in the order of the .cu signatures: p = pointer to REAL, u = pointer to
-# unsigned int, q = pointer to long long, b = pointer to unsigned char (bool), l = long long, i = int,
-# r = a REAL (tests/test_cuda_kernels.py reads them off the .cu and compares)
+# unsigned int, q = pointer to long long, b = pointer to unsigned char (bool), d = pointer to double,
+# l = long long, i = int, r = a REAL (tests/test_cuda_kernels.py reads them off the .cu and compares)
 SIGNATURES = {
     "rk_lstm_forward": "pppppll",
     "rk_lstm_backward": "pppppipippll",
@@ -90,15 +91,16 @@ SIGNATURES = {
     "rk_rnn_backward": "pppipil",
 }
 SIGNATURES["rk_softmax_xent_rows"] = "pqbiripll"
+SIGNATURES.update({"rk_sgd_step": "pprl", "rk_adam_step": "pppprrrrrl", "rk_sumsq": "pld"})
 for _cell in ("rnn", "lstm", "gru"):
     SIGNATURES[f"rk_{_cell}_persistent_forward"] = "plppiippppullll"
     SIGNATURES[f"rk_{_cell}_persistent_backward"] = "plppppppiippulllll"
 # the kernels that run as one concurrent grid (all threads at once, with barriers): the
 # persistent ones (launched cooperatively on the GPU) and those with block barriers
-COOPERATIVE = tuple(name for name in SIGNATURES if "_persistent_" in name) + ("rk_softmax_xent_rows",)
+COOPERATIVE = tuple(name for name in SIGNATURES if "_persistent_" in name) + ("rk_softmax_xent_rows", "rk_sumsq")
 _CTYPE = {"p": ctypes.c_void_p, "u": ctypes.c_void_p, "q": ctypes.c_void_p, "b": ctypes.c_void_p,
-          "l": ctypes.c_longlong, "i": ctypes.c_int}
-_POINTEE = {"u": np.dtype(np.uint32), "q": np.dtype(np.int64), "b": np.dtype(np.bool_)}
+          "d": ctypes.c_void_p, "l": ctypes.c_longlong, "i": ctypes.c_int}
+_POINTEE = {"u": np.dtype(np.uint32), "q": np.dtype(np.int64), "b": np.dtype(np.bool_), "d": np.dtype(np.float64)}
 _KERNEL_DECL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 
 
@@ -190,7 +192,7 @@ class Emulator:
                 raise TypeError(f"{name} takes {len(kinds)} arguments; got {len(args)}")
             values = []
             for kind, arg in zip(kinds, args):
-                if kind in "pubq":
+                if kind in "pubqd":
                     want = self.dtype if kind == "p" else _POINTEE[kind]
                     # a view's data pointer is where its element [0] is, as CuPy passes it (a reversed
                     # view of a time axis included); the kernels index from there with the strides given

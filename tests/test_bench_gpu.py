@@ -91,6 +91,8 @@ def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
     monkeypatch.setattr(cuda, "ROWS_BLOCK", 2)
     monkeypatch.setattr(cuda, "ROWS_GRID", 2)
+    monkeypatch.setattr(cuda, "SUMSQ_GRID", 2)
+    monkeypatch.setattr(cuda, "SUMSQ_BLOCK", 2)
     bench = _load()
     out = tmp_path / "gpu.json"
     rc = bench.main(["--device", "cuda", "--configs", "S", "--cells", "lstm",

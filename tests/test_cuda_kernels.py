@@ -171,6 +171,38 @@ def test_softmax_xent_rows_refuse_mismatched_targets(emulated):
     assert emulated() == []
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_steps_match_their_array_formulas(emulated, dtype):
+    rng = np.random.default_rng(4)
+    p, g = _rand(rng, (13, 7), dtype), _rand(rng, (13, 7), dtype)
+    want = p - dtype(0.3) * g
+    assert cuda.sgd_step(p, g, 0.3)
+    _close(p, want, dtype)
+    m, v = _rand(rng, (13, 7), dtype), np.abs(_rand(rng, (13, 7), dtype))
+    b1, b2, eps, bias2, step = 0.9, 0.999, 1e-8, 1 - 0.999**3, 1e-3 / (1 - 0.9**3)
+    want_m = m * dtype(b1) + dtype(1 - b1) * g
+    want_v = v * dtype(b2) + dtype(1 - b2) * (g * g)
+    want_p = p - dtype(step) * (want_m / (np.sqrt(want_v / dtype(bias2)) + dtype(eps)))
+    assert cuda.adam_step(p, g, m, v, b1, b2, eps, bias2, step)
+    for got, w in ((m, want_m), (v, want_v), (p, want_p)):
+        _close(got, w, dtype)
+    assert not cuda.sgd_step(p, g[:, ::2], 0.1) and not cuda.adam_step(p, g.T, m, v, b1, b2, eps, bias2, step)
+    assert [name for name, _, _ in emulated()] == ["rk_sgd_step", "rk_adam_step"]
+
+
+def test_sum_squares_over_tensors_in_float64(emulated, monkeypatch):
+    """Several tensors, several blocks each, one total accumulated in float64."""
+    monkeypatch.setattr(cuda, "SUMSQ_GRID", 3)
+    monkeypatch.setattr(cuda, "SUMSQ_BLOCK", 4)
+    rng = np.random.default_rng(5)
+    arrays = [_rand(rng, shape, np.float32) for shape in ((1,), (5, 3), (100,), (7, 9, 2))]
+    want = sum(float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64))) for a in arrays)
+    got = cuda.sum_squares(arrays)
+    assert float(got) == pytest.approx(want, rel=1e-12)
+    assert [name for name, _, _ in emulated()] == ["rk_sumsq"] * 4
+    assert cuda.sum_squares([arrays[0], arrays[1].astype(np.float64)]) is None  # mixed dtypes: not taken
+
+
 def test_grid_stride_loop_covers_every_element_with_few_threads(emulated, monkeypatch):
     """With 3 threads a block and at most 2 blocks, each thread walks many elements."""
     monkeypatch.setattr(cuda, "BLOCK", 3)
@@ -332,16 +364,16 @@ def _nvcc_ptx(tmp_path, real):
 @pytest.mark.parametrize("real", ["float", "double"])
 def test_nvcc_compiles_every_kernel(tmp_path, real):
     ptx = _nvcc_ptx(tmp_path, real)
-    entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
-    assert entries == set(SIGNATURES)
-    if real == "float":  # single precision throughout: no double arithmetic sneaks into the float build
-        assert ".f64" not in ptx
+    bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)\n}", ptx, re.S))
+    assert set(bodies) == set(SIGNATURES)
+    if real == "float":  # single precision throughout, but for the norm's float64 sums
+        assert [name for name, body in bodies.items() if ".f64" in body] == ["rk_sumsq"]
 
 
 def test_emulator_signatures_match_the_source():
     """The emulator's argument kinds are read off the .cu text, so the two cannot drift."""
-    kinds = {"REAL*": "p", "unsignedint*": "u", "longlong*": "q", "unsignedchar*": "b", "rk_index": "l", "int": "i",
-             "REAL": "r"}
+    kinds = {"REAL*": "p", "unsignedint*": "u", "longlong*": "q", "unsignedchar*": "b", "double*": "d",
+             "rk_index": "l", "int": "i", "REAL": "r"}
     found = {name: "".join(kinds[re.sub(r"\bconst\s+", "", ctype).replace(" ", "")] for ctype, _ in params)
              for name, params in kernel_params(cuda.source()).items()}
     assert found == SIGNATURES

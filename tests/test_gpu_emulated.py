@@ -74,6 +74,8 @@ def fake_device(monkeypatch, emulators):
     monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
     monkeypatch.setattr(cuda, "ROWS_BLOCK", 2)
     monkeypatch.setattr(cuda, "ROWS_GRID", 2)
+    monkeypatch.setattr(cuda, "SUMSQ_GRID", 2)
+    monkeypatch.setattr(cuda, "SUMSQ_BLOCK", 2)
     monkeypatch.setattr(test_gpu, "cp", cupy)
     monkeypatch.setattr(test_gpu, "cupyx", cupyx)
     yield

@@ -47,7 +47,12 @@ def clip_grad_norm(model, max_norm: float) -> float:
     Returns the norm before clipping (the number worth logging: it shows explosions).
     """
     grads = [g for _, _, g in model.named_parameters()]
-    total = math.sqrt(float(sum(_sum_of_squares(g) for g in grads)))
+    on_gpu = bool(grads) and backend.get_array_module(grads[0]) is not np
+    device_total = kernels.cuda.sum_squares(grads) if on_gpu else None  # one kernel a tensor, one wait
+    if device_total is not None:
+        total = math.sqrt(float(device_total))
+    else:
+        total = math.sqrt(float(sum(_sum_of_squares(g) for g in grads)))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
@@ -121,7 +126,7 @@ class SGD(Optimizer):
             g = g + self.momentum * v if self.nesterov else v
         if kernels.native_for(p, g):  # the same roundings as below, on every core
             kernels.native.sub_scaled(p, self.lr, g)
-        else:
+        elif backend.get_array_module(p) is np or not kernels.cuda.sgd_step(p, g, self.lr):
             p -= self.lr * g
 
 
@@ -146,6 +151,9 @@ class Adam(Optimizer):
         if kernels.native_for(p, g, m, v):  # the same roundings as below, one pass on every core
             kernels.native.adam_step(p, g, m, v, b1, b2, self.eps, 1 - b2**t, self.lr / (1 - b1**t))
             return
+        if backend.get_array_module(p) is not np and kernels.cuda.adam_step(p, g, m, v, b1, b2, self.eps, 1 - b2**t,
+                                                                            self.lr / (1 - b1**t)):
+            return  # on the GPU: the same formulas, one launch
         m *= b1
         m += (1 - b1) * g
         v *= b2

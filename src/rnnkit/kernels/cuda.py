@@ -245,6 +245,46 @@ def softmax_xent_rows(z, t, valid, scale: float, grad: bool):
     return neg_logp
 
 
+# ------------------------------------------------------------------ optimizer steps
+SUMSQ_GRID = 64  # blocks per tensor for the sums of squares (a fixed partition: the same sum each time)
+SUMSQ_BLOCK = 256  # threads per block there (a power of two)
+
+
+def sgd_step(p, g, lr: float) -> bool:
+    """``p -= lr * g`` in one launch; False (nothing done) where the kernel cannot take them."""
+    if not (_takes(p, g) and p.shape == g.shape):
+        return False
+    _launch("rk_sgd_step", p.size, p.dtype, (p, g, p.dtype.type(lr), np.int64(p.size)))
+    return True
+
+
+def adam_step(p, g, m, v, b1, b2, eps, bias2, step) -> bool:
+    """One Adam update of ``p`` and its moments ``m``, ``v`` in one launch (the formulas of
+    ``optim.Adam``); False (nothing done) where the kernel cannot take the arrays."""
+    if not (_takes(p, g, m, v) and p.shape == g.shape == m.shape == v.shape):
+        return False
+    real = p.dtype.type
+    _launch("rk_adam_step", p.size, p.dtype, (p, g, m, v, real(b1), real(b2), real(eps), real(bias2), real(step),
+                                             np.int64(p.size)))
+    return True
+
+
+def sum_squares(arrays):
+    """``sum(a**2)`` over all ``arrays``, accumulated in float64, as a 0-d device array (read it
+    with float(): one wait for the device), or None where the kernel cannot take them. One
+    launch per array and one final sum, no float64 copy of any array."""
+    if not arrays or not all(_takes(a) and a.dtype == arrays[0].dtype for a in arrays):
+        return None
+    xp = backend.get_array_module(arrays[0])
+    grid, block = SUMSQ_GRID, SUMSQ_BLOCK
+    partials = xp.zeros(len(arrays) * grid, dtype=np.float64)
+    kernel = _kernel("rk_sumsq", arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        blocks = max(1, min(grid, -(-a.size // block)))
+        kernel((blocks,), (block,), (a, np.int64(a.size), partials[i * grid :]), shared_mem=block * 8)
+    return partials.sum()
+
+
 # --------------------------------------------------------------- the GPU time loop
 def gemm(a, b, out, *, transpose_b: bool = False, beta: float = 0.0) -> None:
     """``out = a @ b (or a @ b.T) + beta * out`` in one cuBLAS call (``cupy.cublas.gemm``):
@@ -477,5 +517,5 @@ def available() -> bool:
 
 __all__ = ["PersistentPlan", "available", "backward_loop", "failures", "forward_loop", "gemm", "gru_backward",
            "gru_forward", "loop_takes", "lstm_backward", "lstm_forward", "persistent", "persistent_enabled",
-           "persistent_plan", "rnn_backward", "rnn_forward", "softmax_xent_rows", "softmax_xent_takes", "source",
-           "use_persistent"]
+           "persistent_plan", "rnn_backward", "rnn_forward", "sgd_step", "adam_step", "softmax_xent_rows",
+           "softmax_xent_takes", "source", "sum_squares", "use_persistent"]

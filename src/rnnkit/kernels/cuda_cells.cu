@@ -455,3 +455,47 @@ extern "C" __global__ void rk_softmax_xent_rows(REAL* z, const long long* t, con
         __syncthreads();  // red[] is reused by the next row
     }
 }
+
+// ====================================================================== optimizer steps
+// One launch per parameter where the array expressions take 2 (SGD) or ~13 (Adam), and the
+// gradient norm's sums of squares without a float64 copy of each gradient.
+
+// p -= lr * g
+extern "C" __global__ void rk_sgd_step(REAL* p, const REAL* g, REAL lr, rk_index n) {
+    RK_GRID_LOOP(k, n) p[k] -= lr * g[k];
+}
+
+// Adam with bias correction, as optim.Adam's array expressions: m = b1 m + (1 - b1) g;
+// v = b2 v + (1 - b2) g^2; p -= step * m / (sqrt(v / bias2) + eps), step = lr / (1 - b1^t),
+// bias2 = 1 - b2^t.
+extern "C" __global__ void rk_adam_step(REAL* p, const REAL* g, REAL* m, REAL* v, REAL b1, REAL b2, REAL eps,
+                                        REAL bias2, REAL step, rk_index n) {
+    RK_GRID_LOOP(k, n) {
+        const REAL gk = g[k];
+        const REAL mk = m[k] * b1 + ((REAL)1 - b1) * gk;
+        const REAL vk = v[k] * b2 + ((REAL)1 - b2) * (gk * gk);
+        m[k] = mk;
+        v[k] = vk;
+        p[k] -= step * (mk / (sqrt(vk / bias2) + eps));
+    }
+}
+
+// partials[blockIdx.x] = this block's share of sum(g^2), accumulated in double (a fixed
+// partition of g for a given grid: the same sum every time). blockDim.x is a power of two;
+// shared memory: blockDim.x doubles.
+extern "C" __global__ void rk_sumsq(const REAL* g, rk_index n, double* partials) {
+    RK_DYNAMIC_SHARED(rk_smem_sumsq);
+    double* red = (double*)rk_smem_sumsq;
+    double s = 0;
+    RK_GRID_LOOP(k, n) {
+        const double x = g[k];
+        s += x * x;
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (unsigned int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partials[blockIdx.x] = red[0];
+}
