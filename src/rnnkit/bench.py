@@ -208,24 +208,35 @@ def _build_torch(cell, V, D, H, L, seed):
     return make_train, make_generate
 
 
-def _build_reference(cell, V, D, H, L, seed, path):
+def load_reference(path):
+    """A fresh module object of ``benchmarks/reference_dl2.py`` at ``path`` (its own globals,
+    so ``bench_gpu`` can switch its ``np`` to CuPy without touching another copy)."""
     import importlib.util  # noqa: PLC0415
 
     spec = importlib.util.spec_from_file_location("reference_dl2", path)
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
+    return ref
+
+
+def reference_train_step(ref, model, ids, targets):
+    """The textbook model's training step (forward, backward, clip, SGD) as a closure."""
+    opt = ref.SGD(LR)
+
+    def step():
+        loss = model.forward(ids, targets)
+        model.backward()
+        ref.clip_grads(model.grads, CLIP)
+        opt.update(model.params, model.grads)
+        return loss
+    return step
+
+
+def _build_reference(cell, V, D, H, L, seed, path):
+    ref = load_reference(path)
 
     def make_train(ids, targets):
-        model = ref.LanguageModel(cell, V, D, H, L, seed=seed)
-        opt = ref.SGD(LR)
-
-        def step():
-            loss = model.forward(ids, targets)
-            model.backward()
-            ref.clip_grads(model.grads, CLIP)
-            opt.update(model.params, model.grads)
-            return loss
-        return step
+        return reference_train_step(ref, ref.LanguageModel(cell, V, D, H, L, seed=seed), ids, targets)
 
     def make_generate():
         model = ref.LanguageModel(cell, V, D, H, L, seed=seed)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import statistics
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import CLIP, CONFIGS, LR  # the CPU benchmark's sizes, clip and learning rate
+from .bench import CLIP, CONFIGS, LR, reference_train_step  # the CPU benchmark's sizes, clip, rate, step
 
 FRAMEWORKS = ("rnnkit", "rnnkit_persistent", "torch", "reference")
 RNNKIT = ("rnnkit", "rnnkit_persistent")  # the variants whose speed is reported as multiples
@@ -170,22 +169,19 @@ def build_torch_step(dev: Device, cell, V, D, H, L, B, T):
     return step
 
 
-def load_reference(xp):
-    """A fresh copy of ``benchmarks/reference_dl2.py`` whose array module is ``xp`` (found as
-    ``rnnkit bench`` finds it: in ./benchmarks or the checkout rnnkit runs from)."""
-    from .bench import find_reference  # noqa: PLC0415
+def _reference_module():
+    """A fresh copy of ``benchmarks/reference_dl2.py``, found as ``rnnkit bench`` finds it (in
+    ./benchmarks or the checkout rnnkit runs from)."""
+    from .bench import find_reference, load_reference  # noqa: PLC0415
 
     path = find_reference()
     if path is None:
         raise FileNotFoundError("benchmarks/reference_dl2.py not found (run from a checkout of rnnkit)")
-    spec = importlib.util.spec_from_file_location(f"reference_dl2_{xp.__name__}", path)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
-    return ref
+    return load_reference(path)
 
 
 def build_reference_step(dev: Device, cell, V, D, H, L, B, T):
-    ref = load_reference(np)  # built on the host with NumPy's generator, as on the CPU ...
+    ref = _reference_module()  # built on the host with NumPy's generator, as on the CPU ...
     model = ref.LanguageModel(cell, V, D, H, L, seed=0)
     if dev.name == "cuda":  # ... then every array moved and the module's np switched to CuPy
         cp = dev.xp
@@ -195,17 +191,8 @@ def build_reference_step(dev: Device, cell, V, D, H, L, B, T):
         model.params = [p for layer in model.layers for p in layer.params]
         model.grads = [g for layer in model.layers for g in layer.grads]
         ref.np = cp
-    opt = ref.SGD(LR)
     ids, targets = _batch(V, B, T)
-    x, t = dev.xp.asarray(ids), dev.xp.asarray(targets)
-
-    def step():
-        loss = model.forward(x, t)
-        model.backward()
-        ref.clip_grads(model.grads, CLIP)
-        opt.update(model.params, model.grads)
-        return loss
-    return step
+    return reference_train_step(ref, model, dev.xp.asarray(ids), dev.xp.asarray(targets))
 
 
 def build_rnnkit_layer(dev: Device, cell, D, H, B, T):
