@@ -251,3 +251,27 @@ def make_modules():
     cupyx.allow_synchronize = allow_synchronize
     cupyx.scatter_add = scatter_add
     return cupy, cupyx
+
+
+def install(monkeypatch, emulators):
+    """Make this process's "GPU" the fake one for a test: ``cupy``/``cupyx`` importable as the
+    stand-ins, rnnkit's backend seeing a device, and ``kernels.cuda`` launching the kernels
+    that ``emulators`` (``cuda_emulator.Emulators``) built for the CPU, on grids small enough
+    for threads: four "multiprocessors", and the softmax and norm kernels on 2 blocks of 2
+    threads (their reduction trees are tested wider in test_cuda_kernels). Returns (cupy, cupyx)."""
+    import sys
+
+    from rnnkit import backend
+    from rnnkit.kernels import cuda
+
+    cupy, cupyx = make_modules()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setattr(backend, "_cupy", cupy)
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
+    monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
+    monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
+    for name in ("ROWS_BLOCK", "ROWS_GRID", "SUMSQ_GRID", "SUMSQ_BLOCK"):
+        monkeypatch.setattr(cuda, name, 2)
+    return cupy, cupyx

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from rnnkit import backend
-from rnnkit.kernels import cuda
-
 from cuda_emulator import Emulators, compiler
-from fake_cupy import make_modules
+import fake_cupy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,18 +77,8 @@ def test_bad_arguments_name_the_value():
 
 @pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler to run the kernels on the CPU")
 def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
-    cupy, cupyx = make_modules()
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    monkeypatch.setattr(backend, "_cupy", cupy)
     emulators = Emulators(tmp_path, collapse=True)
-    monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
-    monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
-    monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
-    monkeypatch.setattr(cuda, "ROWS_BLOCK", 2)
-    monkeypatch.setattr(cuda, "ROWS_GRID", 2)
-    monkeypatch.setattr(cuda, "SUMSQ_GRID", 2)
-    monkeypatch.setattr(cuda, "SUMSQ_BLOCK", 2)
+    fake_cupy.install(monkeypatch, emulators)
     bench = _load()
     out = tmp_path / "gpu.json"
     rc = bench.main(["--device", "cuda", "--configs", "S", "--cells", "lstm",

@@ -11,16 +11,13 @@ are left to ``tests/test_gpu.py`` on a real device.
 """
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from rnnkit import backend
-from rnnkit.kernels import cuda
 
 import test_gpu
 from cuda_emulator import Emulators, compiler
-from fake_cupy import make_modules
+import fake_cupy
 from test_gpu import (  # collected here, run against the fake device
     no_silent_fallback,
     test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
@@ -61,21 +58,7 @@ def emulators(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def fake_device(monkeypatch, emulators):
-    cupy, cupyx = make_modules()
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    monkeypatch.setattr(backend, "_cupy", cupy)
-    monkeypatch.setattr(backend, "gpu_available", lambda: True)
-    monkeypatch.setattr(cuda, "_kernel", emulators.lookup)
-    monkeypatch.setattr(cuda, "_cooperative_kernel", emulators.lookup)
-    # four "multiprocessors" (grids of at most 4 blocks of std::threads) and room for any shape;
-    # the softmax rows on 2 blocks of 2 threads (few std::threads a launch; the tree of the
-    # reduction is tested wider in test_cuda_kernels)
-    monkeypatch.setattr(cuda, "_device_limits", lambda: (4, 1 << 22))
-    monkeypatch.setattr(cuda, "ROWS_BLOCK", 2)
-    monkeypatch.setattr(cuda, "ROWS_GRID", 2)
-    monkeypatch.setattr(cuda, "SUMSQ_GRID", 2)
-    monkeypatch.setattr(cuda, "SUMSQ_BLOCK", 2)
+    cupy, cupyx = fake_cupy.install(monkeypatch, emulators)
     monkeypatch.setattr(test_gpu, "cp", cupy)
     monkeypatch.setattr(test_gpu, "cupyx", cupyx)
     yield
@@ -115,7 +98,6 @@ def test_a_training_step_waits_for_the_device_seven_times():
     layers, the fused output layer, clipping, SGD) waits for: the embedding's id range (2),
     the input's finiteness check, the targets' range check and count, the loss, and the
     gradient norm; not per parameter, not per step of the time loop."""
-    import fake_cupy
     import numpy as np
 
     from rnnkit.bench import _build_rnnkit
