@@ -256,26 +256,34 @@ def _run(layer, xs, dys, lengths, xp):
     return [_host(o) for o in outs], {k: _host(v) for k, v in layer.grads.items()}
 
 
+def _assert_gpu_matches_cpu(cpu, variant, width, dtype, seed, lengths=None, persistent=False):
+    """Run ``cpu`` and its copy on the GPU over the same chunks (two for "stateful"), forward
+    and backward, and compare outputs, input and state gradients, and every weight gradient.
+    Returns the number of chunks run."""
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    rng = np.random.default_rng(seed)
+    B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
+    xs = [rng.standard_normal((B, T, 7)).astype(dtype) for _ in range(chunks)]
+    dys = [rng.standard_normal((B, T, width)).astype(dtype) for _ in range(chunks)]
+    want, want_grads = _run(cpu, xs, dys, lengths, np)
+    with cuda.persistent(persistent):
+        got, got_grads = _run(gpu, xs, dys, lengths, cp)
+    for g, w in zip(got, want):
+        _close(g, w, dtype)
+    assert set(got_grads) == set(want_grads)
+    for name in want_grads:
+        _close(got_grads[name], want_grads[name], dtype)
+    return chunks
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("mode,nonlinearity", CASES)
 @pytest.mark.parametrize("variant", ["plain", "bidirectional", "padded", "stateful"])
 def test_layer_on_the_gpu_matches_the_cpu(dtype, mode, nonlinearity, variant):
     kw = {"bidirectional": variant == "bidirectional", "stateful": variant == "stateful"}
     cpu = _layer(mode, nonlinearity, dtype, **kw)
-    gpu = copy.deepcopy(cpu).to(device="cuda")
-    rng = np.random.default_rng(11)
-    B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
-    out_width = 9 * (2 if kw["bidirectional"] else 1)
-    xs = [rng.standard_normal((B, T, 7)).astype(dtype) for _ in range(chunks)]
-    dys = [rng.standard_normal((B, T, out_width)).astype(dtype) for _ in range(chunks)]
     lengths = np.array([6, 1, 4, 3]) if variant == "padded" else None
-    want, want_grads = _run(cpu, xs, dys, lengths, np)
-    got, got_grads = _run(gpu, xs, dys, lengths, cp)
-    for g, w in zip(got, want):
-        _close(g, w, dtype)
-    assert set(got_grads) == set(want_grads)
-    for name in want_grads:
-        _close(got_grads[name], want_grads[name], dtype)
+    _assert_gpu_matches_cpu(cpu, variant, 9 * (2 if kw["bidirectional"] else 1), dtype, seed=11, lengths=lengths)
 
 
 @pytest.mark.parametrize("mode,nonlinearity", CASES)
@@ -358,20 +366,8 @@ def test_persistent_loops_match_the_cpu(mode, nonlinearity, dtype, variant, monk
     H = 265 if variant == "wide" else 9
     cls = {"lstm": rnnkit.layers.LSTM, "gru": rnnkit.layers.GRU, "rnn": rnnkit.layers.RNN}[mode]
     cpu = cls(7, H, num_layers=2, dtype=dtype, seed=3, **kw)
-    gpu = copy.deepcopy(cpu).to(device="cuda")
-    rng = np.random.default_rng(12)
-    B, T, chunks = 4, 6, 2 if variant == "stateful" else 1
-    width = H * (2 if kw["bidirectional"] else 1)
-    xs = [rng.standard_normal((B, T, 7)).astype(dtype) for _ in range(chunks)]
-    dys = [rng.standard_normal((B, T, width)).astype(dtype) for _ in range(chunks)]
-    want, want_grads = _run(cpu, xs, dys, None, np)
-    with cuda.persistent():
-        got, got_grads = _run(gpu, xs, dys, None, cp)
-    for g, w in zip(got, want):
-        _close(g, w, dtype)
-    assert set(got_grads) == set(want_grads)
-    for name in want_grads:
-        _close(got_grads[name], want_grads[name], dtype)
+    chunks = _assert_gpu_matches_cpu(cpu, variant, H * (2 if kw["bidirectional"] else 1), dtype, seed=12,
+                                     persistent=True)
     per_chunk = 2 * (2 if kw["bidirectional"] else 1)  # layers x directions
     assert launched == ([f"rk_{mode}_persistent_forward"] * per_chunk
                         + [f"rk_{mode}_persistent_backward"] * per_chunk) * chunks
