@@ -17,6 +17,7 @@ runs this file on a device machine. What it checks:
 from __future__ import annotations
 
 import copy
+import warnings
 import dataclasses
 import functools
 import math
@@ -407,6 +408,35 @@ def test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so(
         _close(got, want, np.float64)
         assert set(cuda.failures()) == {("rk_gru_persistent_forward", "float64"),
                                         ("rk_gru_persistent_backward", "float64")}
+    finally:
+        cuda._failures.clear()  # made on purpose here (no_silent_fallback checks the rest)
+
+
+def test_a_cooperative_grid_cupy_would_shrink_is_not_launched(monkeypatch):
+    """CuPy cuts a cooperative grid that does not fit on the device at once down to what
+    does, with a warning, and launches that; a persistent kernel's blocks own disjoint units,
+    so it would leave units uncomputed. The warning is taken as a refusal: nothing launches,
+    and the GEMM loop gives the right result."""
+    launched = []
+
+    class Shrinking:  # CuPy's _launch: the warning comes before the launch
+        max_dynamic_shared_size_bytes = 1 << 20
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            warnings.warn(f"The grid size will be reduced from {grid[0]} to 1, as the specified grid size "
+                          "exceeds the limit.", stacklevel=2)
+            launched.append(grid)
+
+    monkeypatch.setattr(cuda, "_cooperative_kernel", lambda name, dtype: Shrinking())
+    cpu = rnnkit.layers.LSTM(5, 6, dtype=np.float64, seed=0)
+    gpu = copy.deepcopy(cpu).to(device="cuda")
+    x = np.random.default_rng(1).standard_normal((2, 4, 5))
+    want = cpu.forward(x)[0]
+    try:
+        with cuda.persistent(), pytest.warns(RuntimeWarning, match="grid size will be reduced.*GEMM time loop"):
+            got = gpu.forward(cp.asarray(x))[0]
+        _close(got, want, np.float64)
+        assert launched == [] and ("rk_lstm_persistent_forward", "float64") in cuda.failures()
     finally:
         cuda._failures.clear()  # made on purpose here (no_silent_fallback checks the rest)
 

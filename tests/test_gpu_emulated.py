@@ -20,6 +20,7 @@ from cuda_emulator import Emulators, compiler
 import fake_cupy
 from test_gpu import (  # collected here, run against the fake device
     no_silent_fallback,
+    test_a_cooperative_grid_cupy_would_shrink_is_not_launched,
     test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
     test_cell_math_is_one_launch_per_step,
     test_device_kernels_match_the_reference,
@@ -37,7 +38,8 @@ from test_gpu import (  # collected here, run against the fake device
 )
 
 FIXTURES = (no_silent_fallback,)
-COLLECTED = (test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
+COLLECTED = (test_a_cooperative_grid_cupy_would_shrink_is_not_launched,
+             test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so,
              test_cell_math_is_one_launch_per_step, test_device_kernels_match_the_reference,
              test_each_layer_on_the_gpu_matches_the_cpu,
              test_every_task_trains_on_the_gpu_as_on_the_cpu,

@@ -394,7 +394,12 @@ def _launch_cooperative(name: str, dtype, grid: int, block: int, shared: int, ar
         kernel = _cooperative_kernel(name, dtype)
         if shared > 48 * 1024 and getattr(kernel, "max_dynamic_shared_size_bytes", shared) < shared:
             kernel.max_dynamic_shared_size_bytes = shared  # beyond the default 48 KiB: opt in
-        kernel((grid,), (block,), args, shared_mem=shared)
+        with warnings.catch_warnings():
+            # CuPy shrinks a cooperative grid larger than the device holds at once, with only
+            # a warning, before it launches; here each block owns its units, so a smaller grid
+            # would leave some never computed. As an error, the GEMM loop runs instead.
+            warnings.filterwarnings("error", message="The grid size will be reduced")
+            kernel((grid,), (block,), args, shared_mem=shared)
     except Exception as exc:  # noqa: BLE001 - build or launch refused (resources, cooperative limits)
         _note_failure(key, exc, "the GEMM time loop")
         return False
