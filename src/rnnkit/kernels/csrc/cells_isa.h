@@ -177,20 +177,24 @@ static void ISA(pack_rows)(const float *A, long lda, int B, int K, int nblk, flo
 
 /* ------------------------------------------------------------------ packing
  * Forward panel p of a thread: its unit chunk [u0, u0 + UV*VW) for every gate, as
- * columns [gate 0: UV vectors][gate 1: ...]; Bp[k][col] = W[gate*H + u][k] (0 past H). */
-static void ISA(pack_forward)(const float *W, int H, int gates, int uv, int c0, int c1, float *Bp) {
-    const int CU = uv * VW, NR = gates * CU;
+ * columns [gate 0: UV vectors][gate 1: ...], NR = gates * UV * VW of them, stored as
+ * nsub sub-panels of SW = NR / nsub columns each, one after another (K x SW each):
+ * Bp[s][k][j] = W[gate*H + u][k] for column s*SW + j = gate*CU + (u - u0) (0 past H).
+ * The LSTM's 4 gate vectors go in two sub-panels of 2, so its GEMM runs as two tiles of
+ * 2 vectors x MR2 rows: half the panel bytes per FMA of one 4-vector x MR4-row tile. */
+static void ISA(pack_forward)(const float *W, int H, int gates, int uv, int nsub, int c0, int c1, float *Bp) {
+    const int CU = uv * VW, NR = gates * CU, SW = NR / nsub;
     for (int c = c0; c < c1; c++) {
         float *panel = Bp + (long)(c - c0) * H * NR;
         for (int g = 0; g < gates; g++)
             for (int j = 0; j < CU; j++) {
-                int u = c * CU + j;
-                float *col = panel + g * CU + j;
+                int u = c * CU + j, colm = g * CU + j;
+                float *col = panel + (long)(colm / SW) * H * SW + colm % SW;
                 if (u < H) {
                     const float *row = W + ((long)g * H + u) * H;
-                    for (int k = 0; k < H; k++) col[(long)k * NR] = row[k];
+                    for (int k = 0; k < H; k++) col[(long)k * SW] = row[k];
                 } else {
-                    for (int k = 0; k < H; k++) col[(long)k * NR] = 0.0f;
+                    for (int k = 0; k < H; k++) col[(long)k * SW] = 0.0f;
                 }
             }
     }
@@ -225,6 +229,7 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
     const int gates = mode == RK_LSTM ? 4 : mode == RK_GRU ? 3 : 1;
     const int uv = gates == 1 ? 2 : 1; /* the RNN's panel holds two vectors of units */
     const int NV = gates * uv, CU = uv * VW, NR = NV * VW, G = gates * H;
+    const int nsub = NV == 4 ? 2 : 1, NVS = NV / nsub, SW = NR / nsub; /* sub-panels, see pack_forward */
     const int nchunks = (H + CU - 1) / CU;
     int c0, c1;
     ISA(my_chunks)(nchunks, tid, nth, &c0, &c1);
@@ -232,8 +237,8 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
     float *Bp = rk_scratch(a->scratch, tid, (bp_floats + (size_t)B * H) * sizeof(float));
     if (!Bp) a->failed = 1;
     float *Ap = Bp ? Bp + bp_floats : NULL;
-    if (Bp) ISA(pack_forward)(a->W, H, gates, uv, c0, c1, Bp);
-    const int mr = ISA(max_rows)(NV), nblk = (B + mr - 1) / mr;
+    if (Bp) ISA(pack_forward)(a->W, H, gates, uv, nsub, c0, c1, Bp);
+    const int mr = ISA(max_rows)(NVS), nblk = (B + mr - 1) / mr;
     const float *bx = a->b_x;
     float tile[16 * 4 * VW] __attribute__((aligned(64)));
     int sense = 0;
@@ -248,10 +253,12 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
             for (int blk = 0; blk < nblk; blk++) {
                 int r0, m;
                 ISA(row_block)(B, nblk, blk, &r0, &m);
-                ISA(tile_for)(NV, m)(H, Ap + (long)r0 * H, panel, tile);
+                for (int sp = 0; sp < nsub; sp++) /* sub-panel sp's tile: m rows of SW at tile + sp*m*SW */
+                    ISA(tile_for)(NVS, m)(H, Ap + (long)r0 * H, panel + (long)sp * H * SW, tile + sp * m * SW);
                 for (int i = 0; i < m; i++) {
                     const int b = r0 + i;
-                    const float *acc = tile + (long)i * NR;
+                    /* column col of row i: acc(col) below; with one sub-panel, acc + col */
+#define ACC(col) (tile + ((col) / SW) * m * SW + (long)i * SW + (col) % SW)
                     float *x = a->xw + ((long)t * B + b) * G;
                     const int pad = mask && !mask[b]; /* padded step: the state is carried */
                     for (int v = 0; v < uv; v++) {
@@ -260,8 +267,8 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                         const int n = H - u < VW ? H - u : VW;
                         const long su = (long)b * H + u;
                         if (mode == RK_LSTM) {
-                            vf pi = LD(acc + 0 * VW) + LDN(x + u, n), pf = LD(acc + 1 * VW) + LDN(x + H + u, n);
-                            vf pg = LD(acc + 2 * VW) + LDN(x + 2 * H + u, n), po = LD(acc + 3 * VW) + LDN(x + 3 * H + u, n);
+                            vf pi = LD(ACC(0 * VW)) + LDN(x + u, n), pf = LD(ACC(1 * VW)) + LDN(x + H + u, n);
+                            vf pg = LD(ACC(2 * VW)) + LDN(x + 2 * H + u, n), po = LD(ACC(3 * VW)) + LDN(x + 3 * H + u, n);
                             if (bx) {
                                 pi += LDN(bx + u, n); pf += LDN(bx + H + u, n);
                                 pg += LDN(bx + 2 * H + u, n); po += LDN(bx + 3 * H + u, n);
@@ -282,7 +289,7 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                             STN(cnext + su, cc, n);
                             STN(hnext + su, h, n);
                         } else if (mode == RK_GRU) {
-                            vf hr = LD(acc + 0 * VW), hz = LD(acc + 1 * VW), hn = LD(acc + 2 * VW);
+                            vf hr = LD(ACC(0 * VW)), hz = LD(ACC(1 * VW)), hn = LD(ACC(2 * VW));
                             if (a->b_hh) {
                                 hr += LDN(a->b_hh + u, n);
                                 hz += LDN(a->b_hh + H + u, n);
@@ -301,12 +308,13 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                             STN(a->aux + (long)t * B * H + su, hn, n);
                             STN(hnext + su, pad ? hp : h, n);
                         } else {
-                            vf pre = LD(acc + v * VW) + LDN(x + u, n);
+                            vf pre = LD(ACC(v * VW)) + LDN(x + u, n);
                             if (bx) pre += LDN(bx + u, n);
                             vf h = mode == RK_RNN_RELU ? ISA(vrelu)(pre) : ISA(vtanh)(pre);
                             STN(hnext + su, pad ? LDN(hprev + su, n) : h, n);
                         }
                     }
+#undef ACC
                 }
             }
         }
