@@ -17,10 +17,10 @@ runs this file on a device machine. What it checks:
 from __future__ import annotations
 
 import copy
-import warnings
 import dataclasses
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -395,21 +395,30 @@ def test_a_persistent_kernel_that_fails_falls_back_to_the_gemm_loop_and_says_so(
     def refuse(name, dtype):
         raise RuntimeError("cooperative launch refused (test)")
 
-    monkeypatch.setattr(cuda, "_cooperative_kernel", refuse)
-    cpu = rnnkit.layers.GRU(5, 6, dtype=np.float64, seed=0)
+    failures = _run_with_persistent_kernels(monkeypatch, refuse, rnnkit.layers.GRU, backward=True,
+                                            match="rk_gru_persistent_(forward|backward).*GEMM time loop")
+    assert set(failures) == {("rk_gru_persistent_forward", "float64"), ("rk_gru_persistent_backward", "float64")}
+
+
+def _run_with_persistent_kernels(monkeypatch, cooperative_kernel, cls, backward, match):
+    """A float64 layer of ``cls`` on the GPU with the persistent kernels on and
+    ``cooperative_kernel(name, dtype)`` standing in for their build: its forward (and
+    backward) must warn (``match``) and still give the CPU's outputs. Returns the failures
+    recorded, which are then cleared (made on purpose; no_silent_fallback checks the rest)."""
+    monkeypatch.setattr(cuda, "_cooperative_kernel", cooperative_kernel)
+    cpu = cls(5, 6, dtype=np.float64, seed=0)
     gpu = copy.deepcopy(cpu).to(device="cuda")
     x = np.random.default_rng(0).standard_normal((2, 4, 5))
     want = cpu.forward(x)[0]
     try:
-        with cuda.persistent(), pytest.warns(RuntimeWarning,
-                                             match="rk_gru_persistent_(forward|backward).*GEMM time loop"):
+        with cuda.persistent(), pytest.warns(RuntimeWarning, match=match):
             got = gpu.forward(cp.asarray(x))[0]
-            gpu.backward(cp.ones_like(got))
+            if backward:
+                gpu.backward(cp.ones_like(got))
         _close(got, want, np.float64)
-        assert set(cuda.failures()) == {("rk_gru_persistent_forward", "float64"),
-                                        ("rk_gru_persistent_backward", "float64")}
+        return dict(cuda.failures())
     finally:
-        cuda._failures.clear()  # made on purpose here (no_silent_fallback checks the rest)
+        cuda._failures.clear()
 
 
 def test_a_cooperative_grid_cupy_would_shrink_is_not_launched(monkeypatch):
@@ -427,18 +436,9 @@ def test_a_cooperative_grid_cupy_would_shrink_is_not_launched(monkeypatch):
                           "exceeds the limit.", stacklevel=2)
             launched.append(grid)
 
-    monkeypatch.setattr(cuda, "_cooperative_kernel", lambda name, dtype: Shrinking())
-    cpu = rnnkit.layers.LSTM(5, 6, dtype=np.float64, seed=0)
-    gpu = copy.deepcopy(cpu).to(device="cuda")
-    x = np.random.default_rng(1).standard_normal((2, 4, 5))
-    want = cpu.forward(x)[0]
-    try:
-        with cuda.persistent(), pytest.warns(RuntimeWarning, match="grid size will be reduced.*GEMM time loop"):
-            got = gpu.forward(cp.asarray(x))[0]
-        _close(got, want, np.float64)
-        assert launched == [] and ("rk_lstm_persistent_forward", "float64") in cuda.failures()
-    finally:
-        cuda._failures.clear()  # made on purpose here (no_silent_fallback checks the rest)
+    failures = _run_with_persistent_kernels(monkeypatch, lambda name, dtype: Shrinking(), rnnkit.layers.LSTM,
+                                            backward=False, match="grid size will be reduced.*GEMM time loop")
+    assert launched == [] and ("rk_lstm_persistent_forward", "float64") in failures
 
 
 def test_persistent_plan_splits_units_over_the_multiprocessors(monkeypatch):

@@ -257,7 +257,7 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                     ISA(tile_for)(NVS, m)(H, Ap + (long)r0 * H, panel + (long)sp * H * SW, tile + sp * m * SW);
                 for (int i = 0; i < m; i++) {
                     const int b = r0 + i;
-                    /* column col of row i: acc(col) below; with one sub-panel, acc + col */
+                    /* ACC(col): row i's accumulator of panel column col, in sub-panel col / SW's tile */
 #define ACC(col) (tile + ((col) / SW) * m * SW + (long)i * SW + (col) % SW)
                     float *x = a->xw + ((long)t * B + b) * G;
                     const int pad = mask && !mask[b]; /* padded step: the state is carried */
