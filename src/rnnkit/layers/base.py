@@ -19,6 +19,10 @@ from .. import backend
 class Layer:
     """Base class: named parameters, accumulated gradients, train/eval mode, children."""
 
+    #: Parameters whose gradient a step writes only in part (an embedding's rows): their
+    #: gradients come from ``backend.page_zeros``, so the unwritten part occupies no memory.
+    sparse_grad_params: frozenset = frozenset()
+
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -29,7 +33,10 @@ class Layer:
         """Register a parameter and a zeroed gradient of the same shape and dtype."""
         xp = backend.get_array_module(value)
         self.params[name] = value
-        self.grads[name] = xp.zeros_like(value)
+        if name in self.sparse_grad_params and xp is np:
+            self.grads[name] = backend.page_zeros(value.shape, value.dtype)
+        else:
+            self.grads[name] = xp.zeros_like(value)
 
     def children(self) -> Iterator[tuple[str, "Layer"]]:
         """Direct sub-layers, in attribute order (lists of layers are indexed: ``rnn.0``)."""
@@ -83,7 +90,7 @@ class Layer:
 
     def zero_grad(self) -> None:
         for _, _, g in self.named_parameters():
-            g[...] = 0
+            backend.zero_(g)  # a page_zeros gradient hands its pages back instead of being written
 
     # -- mode -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Layer":

@@ -20,6 +20,7 @@
 #include <Python.h> /* only for the module stub at the end; nothing here touches Python objects */
 
 #include <errno.h>
+#include <float.h>
 #include <immintrin.h> /* masked loads and stores (the fused output layer's column tails) */
 #include <math.h>
 #include <pthread.h>
@@ -519,7 +520,21 @@ static void elem_task(void *argp, int tid, int nth) {
             for (long i = i0; i < i1; i++) y[i] = y[i] - a * x[i];
             break;
         case RK_SCALE:
-            for (long i = i0; i < i1; i++) y[i] = y[i] * a;
+            if (signbit(a) || !(a <= FLT_MAX)) { /* 0 * a may not be 0 here (a NaN, inf or negative): every element */
+                for (long i = i0; i < i1; i++) y[i] = y[i] * a;
+                break;
+            }
+            /* Page by page; a page of zeros is already its answer and is left unwritten, so a
+             * gradient's pages that nothing wrote stay unmapped (backend.page_zeros). */
+            for (long i = i0; i < i1;) {
+                long end = i + (long)((4096 - ((uintptr_t)(y + i) & 4095)) / sizeof(float));
+                if (end > i1) end = i1;
+                int nonzero = 0;
+                for (long j = i; j < end; j++) nonzero |= y[j] != 0.0f;
+                if (nonzero)
+                    for (long j = i; j < end; j++) y[j] = y[j] * a;
+                i = end;
+            }
             break;
         case RK_ADDROW: /* y (n rows of V) += x (V,); here a chunk is whole rows */
             for (long r = i0; r < i1; r++) {
