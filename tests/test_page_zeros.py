@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rnnkit import backend, kernels, optim
-from rnnkit.layers import Embedding, Linear
+from rnnkit.layers import Embedding
 from rnnkit.models import LanguageModel, LanguageModelConfig
 
 PAGE = 4096

@@ -122,9 +122,9 @@ def rnnkit_lm(cell, V, D, H, L, seed, stateful=True):
 
         def loss_and_backward(self, ids, targets):
             # as LanguageModel.loss_and_backward: the output layer and its loss fused, block by block
-            y, _ = self.rnn.forward(self.embed.forward(ids))
+            y, _ = self.rnn.forward_embedded(self.embed, ids)  # C's 65 characters: through W_ih as a lookup
             loss, _, dy = linear_cross_entropy(self.out, y, targets)
-            self.embed.backward(self.rnn.backward(dy))
+            self.rnn.backward(dy)  # accumulates the embedding's gradient too
             return loss
 
     return LM()

@@ -27,9 +27,9 @@ import math
 import numpy as np
 
 from .. import backend
-from ._checks import check_float_input
+from ._checks import check_float_input, check_int_input
 from .base import Layer
-from .unroll import GATES, unroll_backward, unroll_forward
+from .unroll import GATES, Lookup, unroll_backward, unroll_forward
 
 
 _INIT_BLOCK = 1 << 18  # values drawn per call: the float64 draws never take more than 2 MiB
@@ -100,6 +100,7 @@ class _Recurrent(Layer):
                     self.add_param(name + sfx, xp.asarray(init_uniform(self.rng, shape, bound, dtype)))
         self._state = None
         self._cache = None
+        self._embedding = None  # forward_embedded's embedding, when backward owes it dx
         self.dstate0 = None
 
     @staticmethod
@@ -196,6 +197,39 @@ class _Recurrent(Layer):
         """
         check_float_input(x, "x", 3, self.input_size, self.dtype)
         B, T, _ = x.shape
+        X = self.xp.ascontiguousarray(x.transpose(1, 0, 2))  # time-major inside
+        self._embedding = None
+        return self._forward(X, B, T, state, mask, lengths)
+
+    def forward_embedded(self, embedding, ids, state=None, mask=None, lengths=None):
+        """``forward(embedding(ids), ...)``, where the embedding's rows go into the first layer
+        unmade when that is cheaper.
+
+        For a small vocabulary (V <= T*B / 2 and V <= 2 * embedding_dim: a character
+        model) the first layer's input projection is a lookup into the projected table,
+        ``(E W_ih^T)[ids]``, and its backward one (V, T*B) GEMM instead of two over all
+        T*B rows (see ``unroll.Lookup``); otherwise this is the plain composition. Either way
+        the following ``backward`` accumulates the embedding's gradient (``embedding.grads``)
+        itself and returns None. ids: (B, T) int. Returns ``(y, state_n)`` as ``forward``.
+        """
+        weight = embedding.params["weight"]
+        if getattr(ids, "ndim", 0) != 2:
+            raise ValueError(f"ids have shape {getattr(ids, 'shape', None)}; expected (B, T) token ids")
+        if weight.shape[1] != self.input_size:
+            raise ValueError(f"embedding_dim {weight.shape[1]}; expected the layer's input_size {self.input_size}")
+        B, T = ids.shape
+        V, D = weight.shape
+        if not (2 * V <= T * B and V <= 2 * D) or weight.dtype != self.dtype:
+            y, state_n = self.forward(embedding.forward(ids), state, mask, lengths)
+            self._embedding = embedding  # backward hands it dx
+            return y, state_n
+        check_int_input(ids, "ids", V)
+        X = Lookup(weight, ids.T, embedding.grads["weight"], embedding.padding_idx)
+        self._embedding = None
+        return self._forward(X, B, T, state, mask, lengths)
+
+    def _forward(self, X, B, T, state, mask, lengths):
+        """The stack over X (T, B, input_size) time-major, or a ``Lookup`` of (T, B) ids."""
         m = self._resolve_mask(mask, lengths, B, T)
         carried = False
         if state is None and self.stateful and self._state is not None:
@@ -218,7 +252,6 @@ class _Recurrent(Layer):
             h0, c0 = checked if self.mode == "lstm" else (checked, None)
 
         xp = self.xp
-        X = xp.ascontiguousarray(x.transpose(1, 0, 2))  # time-major inside
         caches, drop_masks = [], []
         h_n = xp.empty_like(h0)
         c_n = xp.empty_like(c0) if c0 is not None else None
@@ -260,7 +293,8 @@ class _Recurrent(Layer):
         dy: (B, T, dirs*H) gradient of the outputs (None: only the final state is used).
         dstate: gradient of state_n (same structure; None: zeros).
         Returns dx (B, T, input_size); the gradient of the initial state is left in
-        ``self.dstate0``; parameter gradients accumulate into ``self.grads``.
+        ``self.dstate0``; parameter gradients accumulate into ``self.grads``. After
+        ``forward_embedded`` it returns None: the embedding's gradient is accumulated instead.
         """
         if self._cache is None:
             raise RuntimeError("backward called before forward (or twice for one forward)")
@@ -298,7 +332,14 @@ class _Recurrent(Layer):
             dY = dX
         self._cache = None
         self.dstate0 = (dh0, dc0) if self.mode == "lstm" else dh0
-        return xp.ascontiguousarray(dY.transpose(1, 0, 2))
+        if dY is None:  # forward_embedded's lookup: the embedding's gradient is in already
+            return None
+        dx = xp.ascontiguousarray(dY.transpose(1, 0, 2))
+        embedding, self._embedding = getattr(self, "_embedding", None), None
+        if embedding is not None:  # forward_embedded's plain composition
+            embedding.backward(dx)
+            return None
+        return dx
 
 
 class RNN(_Recurrent):

@@ -43,11 +43,60 @@ def _native_mode(mode, nonlinearity, xp, dtype, T):
 
 
 @dataclass
+class Lookup:
+    """A layer input that is an embedding lookup, ``X = table[ids]``, left unmade.
+
+    Its input projection is a lookup too, ``X W_ih^T = (table W_ih^T)[ids]``: (V, D) x (D, G)
+    instead of (T*B, D) x (D, G), a win when the vocabulary is small against T*B (a
+    character model). In the backward, with ``S = onehot(ids)^T dXW`` (V, G), the sum of each
+    token's rows: ``dW_ih += S^T table`` and the table's gradient ``S W_ih``, instead of two
+    (T*B)-row GEMMs. table (V, D); ids (T, B) int, time-major; grad (V, D), the table's
+    gradient, accumulated (``padding_idx``'s row excluded) or None.
+    """
+    table: np.ndarray
+    ids: np.ndarray
+    grad: np.ndarray | None = None
+    padding_idx: int | None = None
+
+    @property
+    def shape(self):
+        return (*self.ids.shape, self.table.shape[1])
+
+    @property
+    def dtype(self):
+        return self.table.dtype
+
+
+def _input_projection(X, W_ih):
+    """``X W_ih^T`` (T, B, G) for every step at once: one GEMM, or for a ``Lookup`` one lookup
+    into the projected table."""
+    T, B, D = X.shape
+    if isinstance(X, Lookup):
+        return (X.table @ W_ih.T)[X.ids]
+    return (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, -1)
+
+
+def _lookup_backward(X: Lookup, dXW2, W_ih, grad_w_ih) -> None:
+    """The backward of ``_input_projection`` for a ``Lookup``: dXW2 (T*B, G), original order."""
+    xp = backend.get_array_module(dXW2)
+    N, V = dXW2.shape[0], X.table.shape[0]
+    onehot = xp.zeros((N, V), dtype=dXW2.dtype)
+    onehot[xp.arange(N), X.ids.reshape(-1)] = 1
+    S = onehot.T @ dXW2  # (V, G): the rows of each token summed (a GEMM: scatter-adds of rows are slow)
+    kernels.accumulate_matmul(grad_w_ih, S.T, X.table)
+    if X.grad is not None:
+        d_table = S @ W_ih
+        if X.padding_idx is not None:
+            d_table[X.padding_idx] = 0
+        X.grad += d_table
+
+
+@dataclass
 class UnrollCache:
     mode: str
     nonlinearity: str
     reverse: bool
-    X: np.ndarray  # (T, B, D) original time order
+    X: np.ndarray | Lookup  # (T, B, D) original time order
     W_ih: np.ndarray
     W_hh: np.ndarray
     has_bias: bool
@@ -75,18 +124,17 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
                    nonlinearity="tanh"):
     """Run one direction over all steps.
 
-    X (T, B, D); W_ih (G*H, D); W_hh (G*H, H); b_ih, b_hh (G*H,) or None;
+    X (T, B, D), or a ``Lookup`` of (T, B) ids; W_ih (G*H, D); W_hh (G*H, H); b_ih, b_hh (G*H,) or None;
     h0, c0 (B, H); mask (T, B) bool or None, original time order.
     Returns (y (T, B, H) in original order, zero at masked steps; h_T; c_T or None; cache).
     """
-    xp = backend.get_array_module(X)
+    xp = backend.get_array_module(X.table if isinstance(X, Lookup) else X)
     T, B, D = X.shape
     H = W_hh.shape[1]
     if mode not in GATES:
         raise ValueError(f"mode {mode!r}; expected one of {sorted(GATES)}")
-    G = GATES[mode] * H
-    # input projection of every step at once: (T*B, D) @ (D, G)
-    xw = (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, G)
+    # input projection of every step at once: (T*B, D) @ (D, G), or a lookup
+    xw = _input_projection(X, W_ih)
     b_x = None  # the bias added to xw: GRU keeps b_hn inside r * (.); bias_hh=False has no b_hh
     if b_ih is not None:
         b_x = b_ih if mode == "gru" or b_hh is None else b_ih + b_hh
@@ -178,12 +226,13 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
 
     dy (T, B, H) gradient of the outputs in original order (or None); dh_T, dc_T (B, H)
     gradients of the final state (or None). Accumulates into ``grads[names[i]]`` for
-    (weight_ih, weight_hh, bias_ih, bias_hh). Returns (dX (T, B, D), dh0, dc0 or None).
+    (weight_ih, weight_hh, bias_ih, bias_hh). Returns (dX (T, B, D), dh0, dc0 or None); for a
+    ``Lookup`` input dX is None and the table's gradient is accumulated into ``Lookup.grad``.
     """
     c = cache
     if c.gates is None:
         raise RuntimeError("backward called twice for one forward: the cache is consumed by the first")
-    xp = backend.get_array_module(c.X)
+    xp = backend.get_array_module(c.Hs)
     T, B, D = c.X.shape
     H = c.W_hh.shape[1]
     G = GATES[c.mode] * H
@@ -237,6 +286,9 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     if c.reverse:
         dXW = xp.ascontiguousarray(dXW[::-1])
     dXW2 = dXW.reshape(T * B, G)
+    if isinstance(c.X, Lookup):
+        _lookup_backward(c.X, dXW2, c.W_ih, grads[w_ih])
+        return None, dh, dc
     kernels.accumulate_matmul(grads[w_ih], dXW2.T, c.X.reshape(T * B, D))
     dX = (dXW2 @ c.W_ih).reshape(T, B, D)
     return dX, dh, dc

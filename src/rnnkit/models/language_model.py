@@ -109,6 +109,7 @@ class LanguageModel(Model):
         self._tie()
         self.criterion = SoftmaxCrossEntropy()
         self.last_logits = None
+        self._embedded = False  # the last _features went through rnn.forward_embedded
 
     def _initialise(self, rng) -> None:
         """Language-model initialisations (see ``LanguageModelConfig.init``); the layers' own are PyTorch's."""
@@ -181,8 +182,12 @@ class LanguageModel(Model):
         """ids (B, T) -> the decoder's input (B, T, H): embedding, recurrent stack, dropouts."""
         if getattr(ids, "ndim", 0) != 2:
             raise ValueError(f"ids have shape {getattr(ids, 'shape', None)}; expected (B, T) token ids")
-        x = self.embedding_drop(self.encoder(ids))
-        h, _ = self.rnn(x)
+        if self.embedding_drop.p and self.training:
+            self._embedded = False
+            h, _ = self.rnn(self.embedding_drop(self.encoder(ids)))
+        else:  # the embedding straight into the stack: a small vocabulary's lookup goes through W_ih unmade
+            self._embedded = True
+            h, _ = self.rnn.forward_embedded(self.encoder, ids)
         return self.output_drop(h)
 
     def forward(self, ids):
@@ -201,7 +206,8 @@ class LanguageModel(Model):
 
     def _backward_features(self, dh) -> None:
         dx = self.rnn.backward(self.output_drop.backward(dh))
-        self.encoder.backward(self.embedding_drop.backward(dx))
+        if not self._embedded:  # forward_embedded's backward has accumulated the embedding's gradient
+            self.encoder.backward(self.embedding_drop.backward(dx))
 
     def loss_and_backward(self, ids, targets, mask=None, dloss: float = 1.0) -> float:
         """``loss(ids, targets, mask)`` and then ``backward(dloss)``, without the (B, T, V) logits.
@@ -244,10 +250,9 @@ class LanguageModel(Model):
         self.eval()
         self.rnn._state = None  # state=None means zeros here, not the training carry
         try:
-            x = self.encoder.forward(ids)
-            return self.rnn.forward(x, state)
+            return self.rnn.forward_embedded(self.encoder, ids, state)
         finally:
-            self.rnn._state, self.rnn._cache = carried, None
+            self.rnn._state, self.rnn._cache, self.rnn._embedding = carried, None, None
             self.train(was_training)
 
     def step(self, ids, state=None):
