@@ -15,6 +15,7 @@ import pytest
 
 from cuda_emulator import Emulators, compiler
 import fake_cupy
+from script_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +29,7 @@ def _load():
 def test_the_script_and_the_command_run_the_same_code(capsys):
     from rnnkit.cli import main
 
-    spec = importlib.util.spec_from_file_location("bench_gpu_script", ROOT / "benchmarks" / "bench_gpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(ROOT / "benchmarks" / "bench_gpu.py", "bench_gpu_script")
     assert script.main is _load().main
     assert main(["bench-gpu", "--device", "cpu", "--configs", "X"]) == 2  # the CLI's clean error
     assert "--configs 'X'; expected a comma-separated subset of S, M, C" in capsys.readouterr().err

@@ -1,23 +1,20 @@
 """benchmarks/bench_native_loop.py: a row per cell and shape, real timings, bad input refused."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
 from rnnkit.kernels import native
+from script_helpers import load_script
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_native_loop.py"
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_native_loop", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PATH)
 
 
 def test_prints_a_row_per_cell_and_shape(capsys):

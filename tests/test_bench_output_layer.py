@@ -1,23 +1,20 @@
 """benchmarks/bench_output_layer.py: a tiny shape, both paths, and that the toggle really switches paths."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from rnnkit.kernels import native
 from rnnkit.layers import losses
+from script_helpers import load_script
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_output_layer.py"
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_unavailable()}")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_output_layer", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PATH)
 
 
 def test_prints_a_row_per_shape(capsys):

@@ -2,7 +2,6 @@
 learning on real text, the off switch, the command line and the benchmark scripts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -25,6 +24,7 @@ RT = DATA / "rt-polarity"
 
 # the tiny batch, its padding and the one-BLAS-thread fixture are the classifier tests' own
 from test_classifier import B, LENGTHS, MASK, T, V, one_blas_thread, tiny_ids  # noqa: E402, F401
+from script_helpers import load_script as _load_script
 
 
 def tiny_classifier(cell="lstm", bidirectional=True, num_layers=1, dropout=0.3, seed=1):
@@ -202,10 +202,7 @@ def test_cli_pretrain_epochs(tmp_path, capsys):
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 def test_benchmark_scripts_pass_pretrain_epochs_through(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,4 @@
 """Checkpoints: round trips, atomic writes, hostile and broken files, and SIGKILL mid-save."""
-import importlib.util
 import json
 import os
 import random
@@ -16,11 +15,9 @@ from safetensors import safe_open
 import rnnkit
 from rnnkit.checkpoint import (CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint,
                                write_json_atomic, write_text_atomic)
+from script_helpers import load_script
 
-_spec = importlib.util.spec_from_file_location("make_bad_checkpoints",
-                                               Path(__file__).parent / "fixtures" / "make_bad_checkpoints.py")
-bad = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bad)
+bad = load_script(Path(__file__).parent / "fixtures" / "make_bad_checkpoints.py")
 
 
 def sample_tensors():

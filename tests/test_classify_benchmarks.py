@@ -1,19 +1,16 @@
 """The classification benchmark scripts pass --optimizer / --weight-decay on to the trainer."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from script_helpers import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH / f"{name}.py")
 
 
 @pytest.fixture

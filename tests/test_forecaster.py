@@ -14,6 +14,7 @@ from rnnkit.models.base import Model
 from rnnkit.models.forecaster import Forecaster, ForecasterConfig
 from rnnkit.optim import Adam, clip_grad_norm
 from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics
+from script_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
@@ -236,11 +237,7 @@ def test_fold_validation_targets_never_reach_training_or_scaling():
 
 
 def test_benchmark_fold_scheme_keeps_the_fewest_training_windows():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_forecast", ROOT / "benchmarks" / "run_forecast.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(ROOT / "benchmarks" / "run_forecast.py")
     base = {"dataset": "synthetic.csv", "val_size": 15, "test_size": 15, "season": 1, "transform": "none",
             "difference": 0}
     grid = bench.parse_grid(["input_len=5,10"])

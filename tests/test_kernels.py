@@ -13,6 +13,7 @@ import pytest
 from rnnkit import GRU, LSTM, RNN, Linear, SoftmaxCrossEntropy, kernels, optim
 from rnnkit.kernels import fused, pointwise
 from rnnkit.layers import Layer
+from script_helpers import load_script
 
 DTYPES = [np.float64, np.float32]
 
@@ -193,15 +194,12 @@ def test_clip_grad_norm_is_the_float64_norm(dtype):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_textbook_reference_computes_the_same_gradients(cell):
     """benchmarks/reference_dl2.py (per-step objects) agrees with rnnkit's layers in float64."""
-    import importlib.util
     from pathlib import Path
 
     from rnnkit import Embedding
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_dl2.py"
-    spec = importlib.util.spec_from_file_location("reference_dl2", path)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = load_script(path)
     V, D, H, L, B, T = 13, 5, 6, 2, 3, 4
     lm = ref.LanguageModel(cell, V, D, H, L, seed=1, dtype=np.float64)
     rng = np.random.default_rng(2)
@@ -244,16 +242,13 @@ def test_one_bias_language_model_trains_step_for_step_like_the_textbook_referenc
     """The DL2 recipe (one bias, SGD lr 20, global-norm clip 0.25, state carried across chunks)
     run by rnnkit's LanguageModel, SGD and clip_grad_norm follows the textbook reference's
     trajectory: the same loss (exact -log softmax in both) and gradient norm at every step."""
-    import importlib.util
     from pathlib import Path
 
     from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
     from rnnkit.optim import SGD, clip_grad_norm
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_dl2.py"
-    spec = importlib.util.spec_from_file_location("reference_dl2", path)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = load_script(path)
     V, D, H, B, T = 17, 6, 8, 3, 5
     lm = ref.LanguageModel("lstm", V, D, H, seed=1, dtype=np.float64)
     ours = LanguageModel(LanguageModelConfig(vocab_size=V, level="word", embedding_size=D, hidden_size=H,

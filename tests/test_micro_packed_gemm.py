@@ -2,21 +2,18 @@
 MKL's packed GEMM (checked against NumPy inside the script) where it is present."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_helpers import load_script
 
 pytest.importorskip("threadpoolctl")
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "micro_packed_gemm.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("micro_packed_gemm", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PATH)
 
 
 def test_runs_and_reports_every_size(capsys, monkeypatch):

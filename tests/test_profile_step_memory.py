@@ -1,22 +1,19 @@
 """benchmarks/profile_step_memory.py: runs at config C (small), both paths and the A/B."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from script_helpers import load_script
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step_memory.py"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("profile_step_memory", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PATH)
 
 
 @pytest.mark.parametrize("extra", [[], ["--unfused"], ["--chunk-mib", "0.01"], ["--blas-blocks"]])

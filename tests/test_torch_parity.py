@@ -10,7 +10,6 @@ there); the live tests reuse its builders on fresh configurations.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from rnnkit.layers import (GRU, LSTM, RNN, Embedding, GRUCell, Linear, LSTMCell, MSELoss, RNNCell,
                            SoftmaxCrossEntropy, linear_cross_entropy)
+from script_helpers import load_script
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "torch"
 GENERATOR_PATH = Path(__file__).resolve().parent / "fixtures" / "make_torch_fixtures.py"
@@ -29,10 +29,7 @@ CELLS = {"rnn_cell": RNNCell, "lstm_cell": LSTMCell, "gru_cell": GRUCell}
 
 
 def _import_generator():
-    spec = importlib.util.spec_from_file_location("make_torch_fixtures", GENERATOR_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GENERATOR_PATH)
 
 
 gen = _import_generator()
