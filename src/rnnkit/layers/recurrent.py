@@ -335,7 +335,7 @@ class _Recurrent(Layer):
         if dY is None:  # forward_embedded's lookup: the embedding's gradient is in already
             return None
         dx = xp.ascontiguousarray(dY.transpose(1, 0, 2))
-        embedding, self._embedding = getattr(self, "_embedding", None), None
+        embedding, self._embedding = self._embedding, None
         if embedding is not None:  # forward_embedded's plain composition
             embedding.backward(dx)
             return None
