@@ -354,3 +354,114 @@ def test_gemm_accumulate_refuses_what_it_cannot_do_and_changes_nothing():
     assert not out.any()
     with pytest.raises(ValueError, match=r"out \(4, 5\) \+= a \(4, 3\) @ b \(4, 5\)"):
         native.gemm_accumulate(out, a, np.ones((4, 5), np.float32))
+
+
+def _kernel_case(mode, T=7, B=9, H=19, V=5, seed=0):
+    """A direct call's arrays: the projected table, ids (with repeats), W_hh, states, dy."""
+    rng = np.random.default_rng(seed)
+    G = {2: 4, 3: 3}.get(mode, 1) * H
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    case = {"table": f32(V, G), "ids": rng.integers(0, V, size=(T, B)).astype(np.int64), "W_hh": f32(G, H) * 0.3,
+            "b_x": f32(G), "b_hh": f32(G) if mode == 3 else None, "h0": f32(B, H), "c0": f32(B, H),
+            "dy": f32(T, B, H), "dh": f32(B, H), "dc": f32(B, H)}
+    mask = np.ones((T, B), dtype=np.uint8)
+    mask[T // 2 :, 1] = 0
+    mask[1:, -1] = 0
+    case["mask"] = mask
+    return case
+
+
+def _kernel_run(mode, case, lookup):
+    """Forward and backward through the kernels; the lookup fed either as table + ids or as
+    the gathered rows. Returns (gates, Hs, Cs, aux, dA, dh0, dc0, dbias, S)."""
+    T, B = case["ids"].shape
+    H = case["W_hh"].shape[1]
+    xw = np.ascontiguousarray(case["table"][case["ids"]])
+    if lookup:
+        xw = np.full_like(xw, np.nan)  # the kernel must not read it
+    Hs = np.empty((T + 1, B, H), np.float32)
+    Hs[0] = case["h0"]
+    Cs = aux = None
+    if mode == 2:
+        Cs = np.empty((T + 1, B, H), np.float32)
+        Cs[0] = case["c0"]
+    if mode in (2, 3):
+        aux = np.empty((T, B, H), np.float32)
+    table, ids = (case["table"], case["ids"]) if lookup else (None, None)
+    native.cell_forward(mode, xw, case["W_hh"], case["b_x"], case["b_hh"], Hs, Cs, aux, case["mask"], table, ids)
+    gates = xw.copy()
+    dh, dc = case["dh"].copy(), case["dc"].copy()
+    S = np.zeros_like(case["table"]) if lookup else None
+    dbias = native.cell_backward(mode, xw, case["W_hh"], Hs, Cs, None if aux is None else aux.copy(), case["dy"],
+                                 dh, dc if mode == 2 else None, case["mask"], ids=case["ids"] if lookup else None,
+                                 S=S)
+    if not lookup:  # what the fused sum must equal: each token's dA rows summed
+        S = np.zeros_like(case["table"], dtype=np.float64)
+        np.add.at(S, case["ids"].reshape(-1), xw.reshape(-1, xw.shape[2]).astype(np.float64))
+    return gates, Hs, Cs, aux, xw, dh, dc, dbias, S
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3], ids=["rnn", "rnn-relu", "lstm", "gru"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_lookup_input_equals_its_gathered_rows(mode, isa):
+    """table + ids in the loop: the forward reads the same numbers (bit for bit), the
+    backward's dA is unchanged and S is each token's dA rows summed."""
+    case = _kernel_case(mode)
+    with native_settings(2, isa):
+        got = _kernel_run(mode, case, lookup=True)
+        want = _kernel_run(mode, case, lookup=False)
+    names = ["gates", "Hs", "Cs", "aux", "dA", "dh0", "dc0", "dbias"]
+    for name, a, b in zip(names, got[:-1], want[:-1]):
+        if b is None or (name == "gates" and mode in (0, 1)):  # the RNN's xw only receives the gates
+            continue
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_allclose(got[-1], want[-1], rtol=1e-5, atol=1e-5 * float(np.abs(want[-1]).max()))
+    assert (np.abs(got[-1]).max(axis=1) > 0).all()  # every token of the table occurred and got rows
+
+
+def test_a_lookup_input_refuses_bad_ids():
+    case = _kernel_case(2, T=3, B=4, H=5, V=6)
+    T, B = case["ids"].shape
+    xw = np.empty((T, B, 20), np.float32)
+    Hs, Cs, aux = np.zeros((T + 1, B, 5), np.float32), np.zeros((T + 1, B, 5), np.float32), np.zeros((T, B, 5), np.float32)
+
+    def forward(table, ids):
+        native.cell_forward(2, xw, case["W_hh"], None, None, Hs, Cs, aux, None, table, ids)
+
+    bad = case["ids"].copy()
+    bad[1, 2] = 6
+    with pytest.raises(ValueError, match=r"ids range over \[\d+, 6\]; expected \[0, 6\)"):
+        forward(case["table"], bad)
+    bad[1, 2] = -1
+    with pytest.raises(ValueError, match=r"expected \[0, 6\)"):
+        forward(case["table"], bad)
+    with pytest.raises(ValueError, match="expected C-contiguous int64 of shape"):
+        forward(case["table"], case["ids"].astype(np.int32))
+    with pytest.raises(ValueError, match="expected C-contiguous int64 of shape"):
+        forward(case["table"], np.ascontiguousarray(case["ids"].T))
+    with pytest.raises(ValueError, match="table and ids go together"):
+        forward(case["table"], None)
+    with pytest.raises(ValueError, match=r"table has shape \(6, 19\); expected \(V, 20\)"):
+        forward(np.zeros((6, 19), np.float32), case["ids"])
+    with pytest.raises(ValueError, match="S and ids go together"):
+        native.cell_backward(2, xw, case["W_hh"], Hs, Cs, aux, None, case["dh"][:, :5].copy(), None, None,
+                             ids=case["ids"])
+    assert not Hs[1:].any()  # refused before the kernel ran
+
+
+@pytest.mark.parametrize("abi", [None, native.ABI - 1])
+def test_a_stale_build_is_refused_with_the_reason(monkeypatch, abi):
+    """A library built from older sources takes other arguments: calling it would corrupt
+    memory, so the loader refuses it, names the fix, and the NumPy kernels carry on."""
+    class Stale:  # stands for the CDLL of an old build: every symbol but rk_abi (or an old one)
+        def __init__(self, path):
+            if abi is not None:
+                self.rk_abi = lambda: abi
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_load_error", None)
+    monkeypatch.setattr(native.ctypes, "CDLL", Stale)
+    assert not native.available()
+    reason = native.why_unavailable()
+    assert f"stale build (ABI {abi or 1}; this rnnkit needs {native.ABI})" in reason
+    assert "build_ext --inplace" in reason

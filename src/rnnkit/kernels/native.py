@@ -45,6 +45,7 @@ import numpy as np
 MODES = {("rnn", "tanh"): 0, ("rnn", "relu"): 1, "lstm": 2, "gru": 3}
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
 
+ABI = 2  # rk_abi() of the C library this module's signatures are for (native.c's RK_ABI)
 SPIN_US = 500  # how long an idle worker of the pool spins before it sleeps, microseconds
 _lib = None
 _load_error: str | None = None
@@ -74,14 +75,19 @@ def _load():
         _load_error = f"cannot load {os.path.basename(path)}: {exc}"
         return None
     vp, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    abi = lib.rk_abi() if hasattr(lib, "rk_abi") else 1
+    if abi != ABI:  # a build left from older sources: its functions take other arguments
+        _load_error = (f"{os.path.basename(path)} is a stale build (ABI {abi}; this rnnkit needs {ABI}): "
+                       "rebuild it (pip install -e ., or python setup.py build_ext --inplace)")
+        return None
     lib.rk_isa.restype = i
     lib.rk_force_isa.argtypes = [i]
     lib.rk_force_isa.restype = i
     lib.rk_set_spin_us.argtypes = [i]
     f, d = ctypes.c_float, ctypes.c_double
-    lib.rk_cell_forward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, i]
+    lib.rk_cell_forward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
     lib.rk_cell_forward.restype = i
-    lib.rk_cell_backward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
+    lib.rk_cell_backward.argtypes = [i, i, i, i, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
     lib.rk_cell_backward.restype = i
     lib.rk_sub_scaled.argtypes = [vp, f, vp, l, i]
     lib.rk_sub_scaled.restype = i
@@ -226,7 +232,15 @@ def _raise(rc: int, what: str) -> None:
 
 
 # ---------------------------------------------------------------------- kernels
-def cell_forward(mode: int, xw, W_hh, b_x, b_hh, Hs, Cs, aux, mask) -> None:
+def _check_ids(ids, T: int, B: int, V: int) -> None:
+    if ids.dtype != np.int64 or not ids.flags.c_contiguous or ids.shape != (T, B):
+        raise ValueError(f"ids: dtype {ids.dtype}, shape {ids.shape}, contiguous={ids.flags.c_contiguous}; "
+                         f"expected C-contiguous int64 of shape {(T, B)}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):  # the kernels index rows with them
+        raise ValueError(f"ids range over [{int(ids.min())}, {int(ids.max())}]; expected [0, {V})")
+
+
+def cell_forward(mode: int, xw, W_hh, b_x, b_hh, Hs, Cs, aux, mask, table=None, ids=None) -> None:
     """All T steps of one direction, in place.
 
     xw (T, B, G): input projections ``x W_ih^T``, replaced by the activated gates (LSTM
@@ -234,17 +248,27 @@ def cell_forward(mode: int, xw, W_hh, b_x, b_hh, Hs, Cs, aux, mask) -> None:
     GRU: b_ih). W_hh (G, H); b_hh (G,) for the GRU only (it sits inside ``r * (.)``).
     Hs (T+1, B, H) with Hs[0] = h0 receives h_1..h_T; LSTM: Cs likewise, aux (T, B, H)
     receives tanh(c_t); GRU: aux receives h_{t-1} W_hn^T + b_hn. mask (T, B) uint8 or None.
+    A lookup input: ``table`` (V, G) and ``ids`` (T, B) int64 in processing order; step t's
+    row b then reads its projection from ``table[ids[t, b]]``, and xw's contents are not read
+    (it only receives the gates; the RNN's is left as it was).
     """
     lib = _load()
     T, B, _ = xw.shape
     H = W_hh.shape[1]
-    _check({"xw": xw, "W_hh": W_hh, "b_x": b_x, "b_hh": b_hh, "Hs": Hs, "Cs": Cs, "aux": aux})
+    _check({"xw": xw, "W_hh": W_hh, "b_x": b_x, "b_hh": b_hh, "Hs": Hs, "Cs": Cs, "aux": aux, "table": table})
+    if (table is None) != (ids is None):
+        raise ValueError("table and ids go together: pass both or neither")
+    if table is not None:
+        if table.ndim != 2 or table.shape[1] != xw.shape[2]:
+            raise ValueError(f"table has shape {table.shape}; expected (V, {xw.shape[2]})")
+        _check_ids(ids, T, B, table.shape[0])
     rc = lib.rk_cell_forward(mode, T, B, H, _ptr(xw), _ptr(W_hh), _ptr(b_x), _ptr(b_hh), _ptr(Hs), _ptr(Cs),
-                             _ptr(aux), _ptr(mask), num_threads())
+                             _ptr(aux), _ptr(mask), _ptr(table), _ptr(ids), num_threads())
     _raise(rc, "forward")
 
 
-def cell_backward(mode: int, gates, W_hh, Hs, Cs, aux, dy, dh, dc, mask, bias_grad: bool = True):
+def cell_backward(mode: int, gates, W_hh, Hs, Cs, aux, dy, dh, dc, mask, bias_grad: bool = True,
+                  ids=None, S=None):
     """BPTT over all T steps of one direction, in place.
 
     gates (T, B, G) from :func:`cell_forward`, replaced by dA (the gradient of the
@@ -252,18 +276,26 @@ def cell_backward(mode: int, gates, W_hh, Hs, Cs, aux, dy, dh, dc, mask, bias_gr
     gradient of ``h W_hn^T + b_hn``. dy (T, B, H) or None. dh, dc (B, H): the gradient of
     the final state on entry, of the initial state on return. Returns the bias gradients
     summed in float64 while dA is made (G,) (GRU: (G + H,), the n block's b_hn last), or
-    None when ``bias_grad`` is False.
+    None when ``bias_grad`` is False. A lookup input: ``ids`` (T, B) int64 in processing order
+    and ``S`` (V, G); ``S[ids[t, b]] += dXW[t, b]`` on the way (each token's rows summed).
     """
     lib = _load()
     T, B, G = gates.shape
     H = W_hh.shape[1]
-    _check({"gates": gates, "W_hh": W_hh, "Hs": Hs, "Cs": Cs, "aux": aux, "dy": dy, "dh": dh, "dc": dc})
+    _check({"gates": gates, "W_hh": W_hh, "Hs": Hs, "Cs": Cs, "aux": aux, "dy": dy, "dh": dh, "dc": dc, "S": S})
+    if (S is None) != (ids is None):
+        raise ValueError("S and ids go together: pass both or neither")
+    if S is not None:
+        if S.ndim != 2 or S.shape[1] != G:
+            raise ValueError(f"S has shape {S.shape}; expected (V, {G})")
+        _check_ids(ids, T, B, S.shape[0])
     gru = mode == MODES["gru"]
     dhw = np.empty((2, B, G), dtype=np.float32) if gru else None
     extra = np.empty((B, H), dtype=np.float32)
     dbias = np.zeros(G + (H if gru else 0), dtype=np.float64) if bias_grad else None
     rc = lib.rk_cell_backward(mode, T, B, H, _ptr(gates), _ptr(W_hh), _ptr(Hs), _ptr(Cs), _ptr(aux), _ptr(dy),
-                              _ptr(dh), _ptr(dc), _ptr(dhw), _ptr(extra), _ptr(dbias), _ptr(mask), num_threads())
+                              _ptr(dh), _ptr(dc), _ptr(dhw), _ptr(extra), _ptr(dbias), _ptr(mask), _ptr(ids), _ptr(S),
+                              num_threads())
     _raise(rc, "backward")
     return dbias
 

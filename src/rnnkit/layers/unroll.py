@@ -50,8 +50,11 @@ class Lookup:
     instead of (T*B, D) x (D, G), a win when the vocabulary is small against T*B (a
     character model). In the backward, with ``S = onehot(ids)^T dXW`` (V, G), the sum of each
     token's rows: ``dW_ih += S^T table`` and the table's gradient ``S W_ih``, instead of two
-    (T*B)-row GEMMs. table (V, D); ids (T, B) int, time-major; grad (V, D), the table's
-    gradient, accumulated (``padding_idx``'s row excluded) or None.
+    (T*B)-row GEMMs. The native loops go one further: the forward reads each step's row of
+    the projected table in place of a gathered (T, B, G) copy, and the backward adds each
+    row's dXW into S as it makes it, so neither the gather nor the one-hot GEMM runs.
+    table (V, D); ids (T, B) int, time-major; grad (V, D), the table's gradient, accumulated
+    (``padding_idx``'s row excluded) or None.
     """
     table: np.ndarray
     ids: np.ndarray
@@ -76,13 +79,15 @@ def _input_projection(X, W_ih):
     return (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, -1)
 
 
-def _lookup_backward(X: Lookup, dXW2, W_ih, grad_w_ih) -> None:
-    """The backward of ``_input_projection`` for a ``Lookup``: dXW2 (T*B, G), original order."""
-    xp = backend.get_array_module(dXW2)
-    N, V = dXW2.shape[0], X.table.shape[0]
-    onehot = xp.zeros((N, V), dtype=dXW2.dtype)
-    onehot[xp.arange(N), X.ids.reshape(-1)] = 1
-    S = onehot.T @ dXW2  # (V, G): the rows of each token summed (a GEMM: scatter-adds of rows are slow)
+def _lookup_backward(X: Lookup, dXW2, W_ih, grad_w_ih, S=None) -> None:
+    """The backward of ``_input_projection`` for a ``Lookup``: dXW2 (T*B, G), original order,
+    or ``S`` (V, G), its rows already summed per token (the native loop sums them on the way)."""
+    if S is None:
+        xp = backend.get_array_module(dXW2)
+        N, V = dXW2.shape[0], X.table.shape[0]
+        onehot = xp.zeros((N, V), dtype=dXW2.dtype)
+        onehot[xp.arange(N), X.ids.reshape(-1)] = 1
+        S = onehot.T @ dXW2  # (V, G): the rows of each token summed (a GEMM: scatter-adds of rows are slow)
     kernels.accumulate_matmul(grad_w_ih, S.T, X.table)
     if X.grad is not None:
         d_table = S @ W_ih
@@ -106,6 +111,7 @@ class UnrollCache:
     Cs: np.ndarray | None = None  # LSTM (T+1, B, H) cell states
     tanh_c: np.ndarray | None = None  # LSTM (T, B, H)
     hw_n: np.ndarray | None = None  # GRU (T, B, H): h_{t-1} W_hn^T + b_hn
+    ids: np.ndarray | None = None  # a Lookup's ids (T, B) int64, processing order, where the native loops run
 
 
 def _transposed_copy(W, block: int = 64):
@@ -133,23 +139,28 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     H = W_hh.shape[1]
     if mode not in GATES:
         raise ValueError(f"mode {mode!r}; expected one of {sorted(GATES)}")
-    # input projection of every step at once: (T*B, D) @ (D, G), or a lookup
-    xw = _input_projection(X, W_ih)
+    native_mode = _native_mode(mode, nonlinearity, xp, X.dtype, T)
+    table = ids = None  # a lookup the native loop makes itself: the projected table and the step's ids
+    if native_mode is not None and isinstance(X, Lookup):
+        table = np.ascontiguousarray(X.table @ W_ih.T)  # (V, G)
+        ids = np.ascontiguousarray(X.ids[::-1] if reverse else X.ids, dtype=np.int64)
+        xw = np.empty((T, B, table.shape[1]), dtype=X.dtype)  # receives the gates only
+    else:  # input projection of every step at once: (T*B, D) @ (D, G), or a lookup
+        xw = _input_projection(X, W_ih)
     b_x = None  # the bias added to xw: GRU keeps b_hn inside r * (.); bias_hh=False has no b_hh
     if b_ih is not None:
         b_x = b_ih if mode == "gru" or b_hh is None else b_ih + b_hh
-    native_mode = _native_mode(mode, nonlinearity, xp, X.dtype, T)
     if b_x is not None and native_mode is None:  # the native loop adds it on the way
         xw += b_x
     m = None
     if mask is not None:
         m = mask.reshape(T, B, 1)
     if reverse:
-        xw = xw[::-1]
+        xw = xw[::-1] if table is None else xw  # the native lookup's buffer is in processing order already
         m = m[::-1] if m is not None else None
     Hs = xp.empty((T + 1, B, H), dtype=X.dtype)
     Hs[0] = h0
-    cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw)
+    cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw, ids=ids)
     if mode == "lstm":
         cache.Cs = xp.empty((T + 1, B, H), dtype=X.dtype)
         cache.Cs[0] = c0
@@ -162,7 +173,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
         mask_u8 = None if m is None else np.ascontiguousarray(m.reshape(T, B)).view(np.uint8)
         aux = cache.tanh_c if mode == "lstm" else cache.hw_n
         kernels.native.cell_forward(native_mode, cache.gates, np.ascontiguousarray(W_hh), b_x,
-                                    b_hh if mode == "gru" else None, Hs, cache.Cs, aux, mask_u8)
+                                    b_hh if mode == "gru" else None, Hs, cache.Cs, aux, mask_u8, table, ids)
     elif xp is not np and kernels.selected() != "reference" and kernels.cuda.loop_takes(cache, xw):
         kernels.cuda.forward_loop(cache, xw, b_hh)  # GPU: one GEMM and one kernel a step
     else:
@@ -255,12 +266,19 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     dHW_n, c.hw_n = c.hw_n, None
     native_mode = _native_mode(c.mode, c.nonlinearity, xp, dXW.dtype, T)
     dbias = None  # the bias gradients, when the native loop summed them on the way
+    S = None  # a Lookup's dXW rows summed per token, when the native loop summed them on the way
     if native_mode is not None and dXW.flags.c_contiguous:
         dy_c = None if dy is None else np.ascontiguousarray(dy, dtype=dXW.dtype)
         mask_u8 = None if c.mask is None else np.ascontiguousarray(c.mask.reshape(T, B)).view(np.uint8)
         aux = c.tanh_c if c.mode == "lstm" else dHW_n
+        ids = None
+        if isinstance(c.X, Lookup):
+            ids = c.ids
+            if ids is None:  # the forward ran the NumPy loop
+                ids = np.ascontiguousarray(c.X.ids[::-1] if c.reverse else c.X.ids, dtype=np.int64)
+            S = np.zeros((c.X.table.shape[0], G), dtype=dXW.dtype)
         dbias = kernels.native.cell_backward(native_mode, dXW, np.ascontiguousarray(c.W_hh), c.Hs, c.Cs, aux,
-                                             dy_c, dh, dc, mask_u8, bias_grad=c.has_bias)
+                                             dy_c, dh, dc, mask_u8, bias_grad=c.has_bias, ids=ids, S=S)
     elif xp is not np and kernels.selected() != "reference" and kernels.cuda.loop_takes(c, dXW):
         dh, dc = kernels.cuda.backward_loop(c, dXW, dHW_n, dy, dh, dc)
     else:
@@ -283,6 +301,9 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         grads[b_ih] += db
         if c.mode != "gru" and b_hh in grads:  # the same sum: both biases enter the same pre-activation
             grads[b_hh] += db
+    if S is not None:
+        _lookup_backward(c.X, None, c.W_ih, grads[w_ih], S=S)
+        return None, dh, dc
     if c.reverse:
         dXW = xp.ascontiguousarray(dXW[::-1])
     dXW2 = dXW.reshape(T * B, G)

@@ -292,7 +292,7 @@ class Seq2Seq(Model):
         self._cache = None
         if dlogits is None:
             dlogits = self.criterion.backward()
-        c, xp, H = self.config, self.xp, self.config.hidden_size
+        c, H = self.config, self.config.hidden_size
         dfeat = self.output.backward(dlogits)
         off = H if self.attention is not None else 0
         dcontext = dfeat[:, :, :off] if off else None
@@ -331,7 +331,7 @@ class Seq2Seq(Model):
         c, xp = self.config, self.xp
         cells = self._step_cells["cells"]
         B = dh_out.shape[0]
-        L, H = c.num_layers, c.hidden_size
+        L = c.num_layers
         carry = [None] * L  # gradient of each layer's state entering step t+1
         dx = xp.empty((B, T, cells[0].input_size), dtype=dh_out.dtype)
         dmemory = None

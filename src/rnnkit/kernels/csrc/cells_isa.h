@@ -260,6 +260,9 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                     /* ACC(col): row i's accumulator of panel column col, in sub-panel col / SW's tile */
 #define ACC(col) (tile + ((col) / SW) * m * SW + (long)i * SW + (col) % SW)
                     float *x = a->xw + ((long)t * B + b) * G;
+                    /* the step's input projection: xw's row, or the projected table's row of the
+                     * step's id (a lookup input; xw then only receives the gates) */
+                    const float *xs = a->table ? a->table + a->ids[(long)t * B + b] * G : x;
                     const int pad = mask && !mask[b]; /* padded step: the state is carried */
                     for (int v = 0; v < uv; v++) {
                         const int u = c * CU + v * VW;
@@ -267,8 +270,8 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                         const int n = H - u < VW ? H - u : VW;
                         const long su = (long)b * H + u;
                         if (mode == RK_LSTM) {
-                            vf pi = LD(ACC(0 * VW)) + LDN(x + u, n), pf = LD(ACC(1 * VW)) + LDN(x + H + u, n);
-                            vf pg = LD(ACC(2 * VW)) + LDN(x + 2 * H + u, n), po = LD(ACC(3 * VW)) + LDN(x + 3 * H + u, n);
+                            vf pi = LD(ACC(0 * VW)) + LDN(xs + u, n), pf = LD(ACC(1 * VW)) + LDN(xs + H + u, n);
+                            vf pg = LD(ACC(2 * VW)) + LDN(xs + 2 * H + u, n), po = LD(ACC(3 * VW)) + LDN(xs + 3 * H + u, n);
                             if (bx) {
                                 pi += LDN(bx + u, n); pf += LDN(bx + H + u, n);
                                 pg += LDN(bx + 2 * H + u, n); po += LDN(bx + 3 * H + u, n);
@@ -295,7 +298,7 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                                 hz += LDN(a->b_hh + H + u, n);
                                 hn += LDN(a->b_hh + 2 * H + u, n);
                             }
-                            vf xr = LDN(x + u, n), xz = LDN(x + H + u, n), xn = LDN(x + 2 * H + u, n);
+                            vf xr = LDN(xs + u, n), xz = LDN(xs + H + u, n), xn = LDN(xs + 2 * H + u, n);
                             if (bx) { xr += LDN(bx + u, n); xz += LDN(bx + H + u, n); xn += LDN(bx + 2 * H + u, n); }
                             vf r = ISA(vsig)(xr + hr);
                             vf z = ISA(vsig)(xz + hz);
@@ -308,7 +311,7 @@ static void ISA(cell_forward_task)(void *argp, int tid, int nth) {
                             STN(a->aux + (long)t * B * H + su, hn, n);
                             STN(hnext + su, pad ? hp : h, n);
                         } else {
-                            vf pre = LD(ACC(v * VW)) + LDN(x + u, n);
+                            vf pre = LD(ACC(v * VW)) + LDN(xs + u, n);
                             if (bx) pre += LDN(bx + u, n);
                             vf h = mode == RK_RNN_RELU ? ISA(vrelu)(pre) : ISA(vtanh)(pre);
                             STN(hnext + su, pad ? LDN(hprev + su, n) : h, n);
@@ -421,6 +424,11 @@ static void ISA(cell_backward_task)(void *argp, int tid, int nth) {
                     STN(grow + u, da, n);
                     STN(extra + su, pass, n);
                     if (a->dbias) STN(step_db + u, LDN(step_db + u, n) + da, n);
+                }
+                if (a->S) { /* a lookup input: S[id] += the row's dXW (gates 0..gates-1), my units */
+                    float *srow = a->S + a->ids[(long)t * B + b] * G;
+                    for (int q = 0; q < gates; q++)
+                        STN(srow + q * H + u, LDN(srow + q * H + u, n) + LDN(grow + q * H + u, n), n);
                 }
             }
         }

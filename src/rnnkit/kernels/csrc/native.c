@@ -37,6 +37,12 @@
 
 enum { RK_RNN_TANH = 0, RK_RNN_RELU = 1, RK_LSTM = 2, RK_GRU = 3 };
 
+/* The exported functions' signatures, as native.py's ABI expects them: raise it whenever an
+ * argument list changes, so a build left from older sources is refused, not misread.
+ * 1: no rk_abi (stop 17 and before); 2: the cell loops take a lookup input (table, ids, S). */
+#define RK_ABI 2
+RK_EXPORT int rk_abi(void) { return RK_ABI; }
+
 /* ====================================================================== thread pool */
 typedef void (*rk_task_fn)(void *arg, int tid, int nth);
 
@@ -278,6 +284,8 @@ typedef struct {
     const float *W, *b_x, *b_hh;
     float *Hs, *Cs, *aux;
     const unsigned char *mask;
+    const float *table; /* (V, G) or NULL: the input projection of step t, row b is table[ids[t*B + b]] */
+    const long *ids;    /* (T, B) in processing order, each in [0, V) */
     rk_barrier *barrier;
     rk_scratch_t *scratch;
     _Atomic int failed;
@@ -290,6 +298,8 @@ typedef struct {
     float *aux, *dh, *dc, *dhw, *extra;
     double *dbias; /* (G,) += sum of dA over steps and rows; GRU: then (H,) of the n block's dhw */
     const unsigned char *mask;
+    const long *ids; /* (T, B) in processing order, or NULL */
+    float *S;        /* (V, G) or NULL: S[ids[t*B + b]] += dXW[t, b] (a lookup input's row sums) */
     rk_barrier *barrier;
     rk_scratch_t *scratch;
     _Atomic int failed;
@@ -386,24 +396,29 @@ static int run_cell_task(rk_task_fn task512, rk_task_fn task2, void *args, rk_ba
     return atomic_load(failed) ? -1 : 0;
 }
 
-/* Forward over T steps; b_x (G,) or NULL is added to xw on the way (xw's bias).
+/* Forward over T steps; b_x (G,) or NULL is added to xw on the way (xw's bias). With a
+ * table (V, G) and ids (T, B), step t's row b reads its input projection from
+ * table[ids[t*B + b]] instead of xw, which then only receives the gates (a lookup input).
  * Returns 0, -1 (out of memory), -2 (no supported ISA). */
 RK_EXPORT int rk_cell_forward(int mode, int T, int B, int H, float *xw, const float *W, const float *b_x,
                               const float *b_hh, float *Hs, float *Cs, float *aux, const unsigned char *mask,
-                              int nth) {
+                              const float *table, const long *ids, int nth) {
     rk_barrier bar;
-    rk_fwd_args a = {T, B, H, mode, xw, W, b_x, b_hh, Hs, Cs, aux, mask, &bar, NULL, 0};
+    rk_fwd_args a = {T, B, H, mode, xw, W, b_x, b_hh, Hs, Cs, aux, mask, table, ids, &bar, NULL, 0};
     return run_cell_task(cell_forward_task_avx512, cell_forward_task_avx2, &a, &bar, &a.scratch, &a.failed, nth);
 }
 
 /* BPTT over T steps. dh (and dc) hold the gradient of the final state on entry and that
  * of the initial state on return. dhw: GRU scratch (2, B, 3H); extra: scratch (B, H);
- * dbias: NULL, or (G,) float64 (GRU: G + H) receiving the bias gradients. */
+ * dbias: NULL, or (G,) float64 (GRU: G + H) receiving the bias gradients. With ids (T, B)
+ * and S (V, G), S[ids[t*B + b]] += dXW[t, b] on the way (a lookup input's row sums). */
 RK_EXPORT int rk_cell_backward(int mode, int T, int B, int H, float *gates, const float *W, const float *Hs,
                                const float *Cs, float *aux, const float *dy, float *dh, float *dc, float *dhw,
-                               float *extra, double *dbias, const unsigned char *mask, int nth) {
+                               float *extra, double *dbias, const unsigned char *mask,
+                               const long *ids, float *S, int nth) {
     rk_barrier bar;
-    rk_bwd_args a = {T, B, H, mode, gates, W, Hs, Cs, dy, aux, dh, dc, dhw, extra, dbias, mask, &bar, NULL, 0};
+    rk_bwd_args a = {T, B, H, mode, gates, W, Hs, Cs, dy, aux, dh, dc, dhw, extra, dbias, mask, ids, S,
+                     &bar, NULL, 0};
     return run_cell_task(cell_backward_task_avx512, cell_backward_task_avx2, &a, &bar, &a.scratch, &a.failed, nth);
 }
 
