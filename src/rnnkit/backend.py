@@ -6,6 +6,7 @@ when a CUDA device is asked for, so ``import rnnkit`` never needs a GPU.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import sys
 
@@ -101,6 +102,41 @@ def default_rng(seed=None):
 #: Smallest array (bytes) that ``page_zeros`` maps on its own; smaller ones are plain np.zeros.
 PAGE_ZEROS_MIN_BYTES = 1 << 20
 _PAGE_ZEROS = sys.platform.startswith("linux") and hasattr(mmap, "MADV_DONTNEED")
+
+
+ALIGN = 64  # bytes: one cache line, and one AVX-512 vector
+_ALIGN_FROM = 1 << 16  # bytes: smaller arrays are not aligned
+
+
+def empty_aligned(xp, shape, dtype):
+    """``xp.empty(shape, dtype)`` whose data starts on a 64-byte boundary.
+
+    NumPy's big arrays come from malloc at 16-byte alignment, so a 64-byte vector load of
+    the native loops then straddles two cache lines on every access: measured on the C/LSTM
+    forward loop (B 32, H 512, T 128) 53-56 ms against 49 ms aligned. CuPy's allocations are
+    aligned already. Arrays under 64 KiB are plain ``np.empty``: the four extra NumPy calls
+    cost more than the alignment buys there (one-token generation).
+    """
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    if xp is not np or n * dtype.itemsize < _ALIGN_FROM:
+        return xp.empty(shape, dtype=dtype)
+    buf = np.empty(n * dtype.itemsize + ALIGN, dtype=np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start : start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def ascontiguous_aligned(array, dtype=None):
+    """``array`` itself when it is a C-contiguous NumPy array of ``dtype`` starting on a
+    64-byte boundary, else such a copy (see :func:`empty_aligned`)."""
+    dtype = np.dtype(dtype or array.dtype)
+    if array.nbytes < _ALIGN_FROM:
+        return np.ascontiguousarray(array, dtype=dtype)
+    if array.flags.c_contiguous and array.dtype == dtype and array.ctypes.data % ALIGN == 0:
+        return array
+    out = empty_aligned(np, array.shape, dtype)
+    out[...] = array
+    return out
 
 
 def page_zeros(shape, dtype):

@@ -311,7 +311,8 @@ class _Recurrent(Layer):
         if dy is not None:
             if tuple(dy.shape) != out_shape:
                 raise ValueError(f"dy has shape {tuple(dy.shape)}; expected {out_shape}")
-            dY = xp.ascontiguousarray(dy.transpose(1, 0, 2))
+            dY = backend.empty_aligned(xp, (T, B, dirs * H), dy.dtype)  # the native loop reads it
+            dY[...] = dy.transpose(1, 0, 2)
         dh0 = self._zero_state(B)
         dc0 = self._zero_state(B) if self.mode == "lstm" else None
         for layer in range(self.num_layers - 1, -1, -1):

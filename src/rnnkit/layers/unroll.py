@@ -76,7 +76,10 @@ def _input_projection(X, W_ih):
     T, B, D = X.shape
     if isinstance(X, Lookup):
         return (X.table @ W_ih.T)[X.ids]
-    return (X.reshape(T * B, D) @ W_ih.T).reshape(T, B, -1)
+    xp = backend.get_array_module(X)
+    out = backend.empty_aligned(xp, (T * B, W_ih.shape[0]), X.dtype)  # the native loops' vectors: whole lines
+    xp.matmul(X.reshape(T * B, D), W_ih.T, out=out)
+    return out.reshape(T, B, -1)
 
 
 def _lookup_backward(X: Lookup, dXW2, W_ih, grad_w_ih, S=None) -> None:
@@ -144,7 +147,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     if native_mode is not None and isinstance(X, Lookup):
         table = np.ascontiguousarray(X.table @ W_ih.T)  # (V, G)
         ids = np.ascontiguousarray(X.ids[::-1] if reverse else X.ids, dtype=np.int64)
-        xw = np.empty((T, B, table.shape[1]), dtype=X.dtype)  # receives the gates only
+        xw = backend.empty_aligned(np, (T, B, table.shape[1]), X.dtype)  # receives the gates only
     else:  # input projection of every step at once: (T*B, D) @ (D, G), or a lookup
         xw = _input_projection(X, W_ih)
     b_x = None  # the bias added to xw: GRU keeps b_hn inside r * (.); bias_hh=False has no b_hh
@@ -158,18 +161,18 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     if reverse:
         xw = xw[::-1] if table is None else xw  # the native lookup's buffer is in processing order already
         m = m[::-1] if m is not None else None
-    Hs = xp.empty((T + 1, B, H), dtype=X.dtype)
+    Hs = backend.empty_aligned(xp, (T + 1, B, H), X.dtype)
     Hs[0] = h0
     cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw, ids=ids)
     if mode == "lstm":
-        cache.Cs = xp.empty((T + 1, B, H), dtype=X.dtype)
+        cache.Cs = backend.empty_aligned(xp, (T + 1, B, H), X.dtype)
         cache.Cs[0] = c0
-        cache.tanh_c = xp.empty((T, B, H), dtype=X.dtype)
+        cache.tanh_c = backend.empty_aligned(xp, (T, B, H), X.dtype)
     elif mode == "gru":
-        cache.hw_n = xp.empty((T, B, H), dtype=X.dtype)
+        cache.hw_n = backend.empty_aligned(xp, (T, B, H), X.dtype)
 
     if native_mode is not None:
-        cache.gates = np.ascontiguousarray(xw)  # a copy only for a reverse direction's view
+        cache.gates = backend.ascontiguous_aligned(xw)  # a copy only for a reverse direction's view
         mask_u8 = None if m is None else np.ascontiguousarray(m.reshape(T, B)).view(np.uint8)
         aux = cache.tanh_c if mode == "lstm" else cache.hw_n
         kernels.native.cell_forward(native_mode, cache.gates, np.ascontiguousarray(W_hh), b_x,
@@ -268,7 +271,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
     dbias = None  # the bias gradients, when the native loop summed them on the way
     S = None  # a Lookup's dXW rows summed per token, when the native loop summed them on the way
     if native_mode is not None and dXW.flags.c_contiguous:
-        dy_c = None if dy is None else np.ascontiguousarray(dy, dtype=dXW.dtype)
+        dy_c = None if dy is None else backend.ascontiguous_aligned(dy, dXW.dtype)
         mask_u8 = None if c.mask is None else np.ascontiguousarray(c.mask.reshape(T, B)).view(np.uint8)
         aux = c.tanh_c if c.mode == "lstm" else dHW_n
         ids = None
