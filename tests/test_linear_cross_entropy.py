@@ -167,3 +167,29 @@ def test_language_model_predict_loss_equals_the_loss_of_predict():
     np.testing.assert_array_equal(state2[0], state[0])
     np.testing.assert_array_equal(model.carried_state()["h"], carried)
     assert model.training
+
+
+@pytest.mark.parametrize("vocab", [9, 29], ids=["lookup", "plain"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_language_model_loss_and_backward_time_major_equals_loss_then_backward(cell, vocab):
+    """Without embedding or output dropout, loss_and_backward runs the stack time-major (no
+    transposes); a mask and the recurrent dropout between layers included."""
+    config = LanguageModelConfig(vocab_size=vocab, cell=cell, embedding_size=12, hidden_size=10, num_layers=2,
+                                 dropout=0.3, embedding_dropout=0.0, output_dropout=0.0)
+    model = LanguageModel(config, seed=5, dtype=np.float64)
+    model.train()
+    twin = copy.deepcopy(model)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        ids, targets = rng.integers(0, vocab, size=(5, 8)), rng.integers(0, vocab, size=(5, 8))
+        mask = rng.random((5, 8)) < 0.8
+        model.zero_grad()
+        twin.zero_grad()
+        want = model.loss(ids, targets, mask)
+        model.backward()
+        got = twin.loss_and_backward(ids, targets, mask)
+        assert got == pytest.approx(want, rel=1e-12)
+        for (name, _, g_want), (_, _, g_got) in zip(model.named_parameters(), twin.named_parameters()):
+            np.testing.assert_allclose(g_got, g_want, rtol=1e-9, atol=1e-13, err_msg=name)
+    with pytest.raises(ValueError, match=r"targets have shape \(8, 5\); expected \(5, 8\), as ids"):
+        twin.loss_and_backward(ids, targets.T.copy())

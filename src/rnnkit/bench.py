@@ -122,8 +122,9 @@ def rnnkit_lm(cell, V, D, H, L, seed, stateful=True):
 
         def loss_and_backward(self, ids, targets):
             # as LanguageModel.loss_and_backward: the output layer and its loss fused, block by block
-            y, _ = self.rnn.forward_embedded(self.embed, ids)  # C's 65 characters: through W_ih as a lookup
-            loss, _, dy = linear_cross_entropy(self.out, y, targets)
+            # C's 65 characters: through W_ih as a lookup; time-major, no transposes (no dropout here)
+            y, _ = self.rnn.forward_embedded(self.embed, ids, time_major=True)
+            loss, _, dy = linear_cross_entropy(self.out, y, targets.T)
             self.rnn.backward(dy)  # accumulates the embedding's gradient too
             return loss
 

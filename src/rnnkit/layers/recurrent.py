@@ -186,7 +186,7 @@ class _Recurrent(Layer):
         return None
 
     # -- forward ----------------------------------------------------------------
-    def forward(self, x, state=None, mask=None, lengths=None):
+    def forward(self, x, state=None, mask=None, lengths=None, time_major: bool = False):
         """Run the stacked (bi)directional recurrence over a batch of sequences.
 
         x: (B, T, input_size). state: initial state, ``(L*dirs, B, H)`` (LSTM: tuple
@@ -194,14 +194,23 @@ class _Recurrent(Layer):
         mask: (B, T) bool, True at valid steps; or lengths: (B,) ints (valid prefix).
         Returns ``(y, state_n)``: y (B, T, dirs*H), zero at masked steps; state_n shaped
         like state, each sequence's state after its last valid step.
+
+        ``time_major=True``: x is (T, B, input_size) and y (T, B, dirs*H), the layout the
+        time loop keeps inside, so neither is transposed (a copy of each, in and out); y is
+        then the layer's own buffer, handed out read-only. The following ``backward`` takes
+        dy and returns dx in the same layout. mask and lengths stay (B, T) and (B,).
         """
         check_float_input(x, "x", 3, self.input_size, self.dtype)
-        B, T, _ = x.shape
-        X = self.xp.ascontiguousarray(x.transpose(1, 0, 2))  # time-major inside
+        if time_major:
+            T, B, _ = x.shape
+            X = self.xp.ascontiguousarray(x)
+        else:
+            B, T, _ = x.shape
+            X = self.xp.ascontiguousarray(x.transpose(1, 0, 2))  # time-major inside
         self._embedding = None
-        return self._forward(X, B, T, state, mask, lengths)
+        return self._forward(X, B, T, state, mask, lengths, time_major)
 
-    def forward_embedded(self, embedding, ids, state=None, mask=None, lengths=None):
+    def forward_embedded(self, embedding, ids, state=None, mask=None, lengths=None, time_major: bool = False):
         """``forward(embedding(ids), ...)``, where the embedding's rows go into the first layer
         unmade when that is cheaper.
 
@@ -210,7 +219,8 @@ class _Recurrent(Layer):
         ``(E W_ih^T)[ids]``, and its backward one (V, T*B) GEMM instead of two over all
         T*B rows (see ``unroll.Lookup``); otherwise this is the plain composition. Either way
         the following ``backward`` accumulates the embedding's gradient (``embedding.grads``)
-        itself and returns None. ids: (B, T) int. Returns ``(y, state_n)`` as ``forward``.
+        itself and returns None. ids: (B, T) int (whatever ``time_major``). Returns
+        ``(y, state_n)`` as ``forward``; ``time_major=True`` gives y (T, B, dirs*H), as there.
         """
         weight = embedding.params["weight"]
         if getattr(ids, "ndim", 0) != 2:
@@ -220,15 +230,16 @@ class _Recurrent(Layer):
         B, T = ids.shape
         V, D = weight.shape
         if not (2 * V <= T * B and V <= 2 * D) or weight.dtype != self.dtype:
-            y, state_n = self.forward(embedding.forward(ids), state, mask, lengths)
+            x = embedding.forward(ids.T if time_major else ids)
+            y, state_n = self.forward(x, state, mask, lengths, time_major)
             self._embedding = embedding  # backward hands it dx
             return y, state_n
         check_int_input(ids, "ids", V)
         X = Lookup(weight, ids.T, embedding.grads["weight"], embedding.padding_idx)
         self._embedding = None
-        return self._forward(X, B, T, state, mask, lengths)
+        return self._forward(X, B, T, state, mask, lengths, time_major)
 
-    def _forward(self, X, B, T, state, mask, lengths):
+    def _forward(self, X, B, T, state, mask, lengths, time_major=False):
         """The stack over X (T, B, input_size) time-major, or a ``Lookup`` of (T, B) ids."""
         m = self._resolve_mask(mask, lengths, B, T)
         carried = False
@@ -278,29 +289,34 @@ class _Recurrent(Layer):
             caches.append(layer_caches)
             drop_masks.append(drop)
             X = Y
-        self._cache = (caches, drop_masks, B, T)
+        self._cache = (caches, drop_masks, B, T, time_major)
         state_n = (h_n, c_n) if self.mode == "lstm" else h_n
         if self.stateful:
             # carried, detached: the next chunk starts here, and backward stops at this edge
             self._state = (h_n.copy(), c_n.copy()) if self.mode == "lstm" else h_n.copy()
-        y = xp.ascontiguousarray(X.transpose(1, 0, 2))
+        if time_major:  # the top layer's own output (or a view of its cached states): read-only
+            y = X.view()
+            y.flags.writeable = False
+        else:
+            y = xp.ascontiguousarray(X.transpose(1, 0, 2))
         return y, state_n
 
     # -- backward ---------------------------------------------------------------
     def backward(self, dy=None, dstate=None):
         """BPTT through the whole stack.
 
-        dy: (B, T, dirs*H) gradient of the outputs (None: only the final state is used).
+        dy: (B, T, dirs*H) gradient of the outputs ((T, B, dirs*H) after a ``time_major``
+        forward; None: only the final state is used).
         dstate: gradient of state_n (same structure; None: zeros).
-        Returns dx (B, T, input_size); the gradient of the initial state is left in
-        ``self.dstate0``; parameter gradients accumulate into ``self.grads``. After
+        Returns dx (B, T, input_size) ((T, B, input_size) after a ``time_major`` forward); the
+        gradient of the initial state is left in ``self.dstate0``; parameter gradients accumulate into ``self.grads``. After
         ``forward_embedded`` it returns None: the embedding's gradient is accumulated instead.
         """
         if self._cache is None:
             raise RuntimeError("backward called before forward (or twice for one forward)")
-        caches, drop_masks, B, T = self._cache
+        caches, drop_masks, B, T, time_major = self._cache
         xp, H, dirs = self.xp, self.hidden_size, self.num_directions
-        out_shape = (B, T, dirs * H)
+        out_shape = (T, B, dirs * H) if time_major else (B, T, dirs * H)
         dh_n = dc_n = None
         if dstate is not None:
             if self.mode == "lstm":
@@ -311,8 +327,11 @@ class _Recurrent(Layer):
         if dy is not None:
             if tuple(dy.shape) != out_shape:
                 raise ValueError(f"dy has shape {tuple(dy.shape)}; expected {out_shape}")
-            dY = backend.empty_aligned(xp, (T, B, dirs * H), dy.dtype)  # the native loop reads it
-            dY[...] = dy.transpose(1, 0, 2)
+            if time_major:
+                dY = backend.ascontiguous_aligned(dy) if xp is np else xp.ascontiguousarray(dy)
+            else:
+                dY = backend.empty_aligned(xp, (T, B, dirs * H), dy.dtype)  # the native loop reads it
+                dY[...] = dy.transpose(1, 0, 2)
         dh0 = self._zero_state(B)
         dc0 = self._zero_state(B) if self.mode == "lstm" else None
         for layer in range(self.num_layers - 1, -1, -1):
@@ -335,7 +354,7 @@ class _Recurrent(Layer):
         self.dstate0 = (dh0, dc0) if self.mode == "lstm" else dh0
         if dY is None:  # forward_embedded's lookup: the embedding's gradient is in already
             return None
-        dx = xp.ascontiguousarray(dY.transpose(1, 0, 2))
+        dx = dY if time_major else xp.ascontiguousarray(dY.transpose(1, 0, 2))
         embedding, self._embedding = self._embedding, None
         if embedding is not None:  # forward_embedded's plain composition
             embedding.backward(dx)

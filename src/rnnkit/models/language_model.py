@@ -32,6 +32,15 @@ INIT_HELP = ("uniform: embedding and output U(-init_range, init_range), recurren
              "biases 0 (Deep Learning from Scratch 2)")
 
 
+def _time_major(a, name: str, ids):
+    """targets or mask (B, T), checked against ids (B, T) and handed on as (T, B) (a view)."""
+    if a is None:
+        return None
+    if getattr(a, "shape", None) is None or tuple(a.shape) != tuple(ids.shape):
+        raise ValueError(f"{name} have shape {getattr(a, 'shape', None)}; expected {tuple(ids.shape)}, as ids")
+    return a.T
+
+
 @dataclass
 class LanguageModelArchitecture:
     """The network's shape: shared by :class:`LanguageModelConfig` and the ``lm`` task's config."""
@@ -178,16 +187,17 @@ class LanguageModel(Model):
         self.rnn._state = (h, xp.asarray(arrays["c"], dtype=dtype)) if "c" in arrays else h
 
     # -- forward / backward --------------------------------------------------------------------
-    def _features(self, ids):
-        """ids (B, T) -> the decoder's input (B, T, H): embedding, recurrent stack, dropouts."""
+    def _features(self, ids, time_major: bool = False):
+        """ids (B, T) -> the decoder's input (B, T, H) ((T, B, H) with ``time_major``, the stack's
+        own layout, no transposes): embedding, recurrent stack, dropouts."""
         if getattr(ids, "ndim", 0) != 2:
             raise ValueError(f"ids have shape {getattr(ids, 'shape', None)}; expected (B, T) token ids")
         if self.embedding_drop.p and self.training:
             self._embedded = False
-            h, _ = self.rnn(self.embedding_drop(self.encoder(ids)))
+            h, _ = self.rnn(self.embedding_drop(self.encoder(ids.T if time_major else ids)), time_major=time_major)
         else:  # the embedding straight into the stack: a small vocabulary's lookup goes through W_ih unmade
             self._embedded = True
-            h, _ = self.rnn.forward_embedded(self.encoder, ids)
+            h, _ = self.rnn.forward_embedded(self.encoder, ids, time_major=time_major)
         return self.output_drop(h)
 
     def forward(self, ids):
@@ -219,7 +229,13 @@ class LanguageModel(Model):
         ``lm`` task trains with this.
         """
         self.last_logits = None
-        h = self._features(ids)
+        # time-major (T, B, H) features skip two transposes (the loss is a sum over tokens, any
+        # order); not under the embedding or output dropout, whose masks are drawn in the
+        # features' shape: loss() then backward() draw them batch-first, and this must equal them
+        time_major = not (self.training and (self.embedding_drop.p or self.output_drop.p))
+        h = self._features(ids, time_major=time_major)
+        if time_major:
+            targets, mask = _time_major(targets, "targets", ids), _time_major(mask, "mask", ids)
         result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
                                       dloss=dloss)
         self._backward_features(result.dx)
