@@ -128,10 +128,11 @@ def empty_aligned(xp, shape, dtype):
 
 def ascontiguous_aligned(array, dtype=None):
     """``array`` itself when it is a C-contiguous NumPy array of ``dtype`` starting on a
-    64-byte boundary, else such a copy (see :func:`empty_aligned`)."""
+    64-byte boundary, else such a copy (see :func:`empty_aligned`); a CuPy array goes through
+    ``cupy.ascontiguousarray`` (its allocations are aligned already)."""
     dtype = np.dtype(dtype or array.dtype)
-    if array.nbytes < _ALIGN_FROM:
-        return np.ascontiguousarray(array, dtype=dtype)
+    if not isinstance(array, np.ndarray) or array.nbytes < _ALIGN_FROM:
+        return get_array_module(array).ascontiguousarray(array, dtype=dtype)
     if array.flags.c_contiguous and array.dtype == dtype and array.ctypes.data % ALIGN == 0:
         return array
     out = empty_aligned(np, array.shape, dtype)

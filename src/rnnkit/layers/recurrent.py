@@ -309,8 +309,9 @@ class _Recurrent(Layer):
         forward; None: only the final state is used).
         dstate: gradient of state_n (same structure; None: zeros).
         Returns dx (B, T, input_size) ((T, B, input_size) after a ``time_major`` forward); the
-        gradient of the initial state is left in ``self.dstate0``; parameter gradients accumulate into ``self.grads``. After
-        ``forward_embedded`` it returns None: the embedding's gradient is accumulated instead.
+        gradient of the initial state is left in ``self.dstate0``; parameter gradients
+        accumulate into ``self.grads``. After ``forward_embedded`` it returns None: the
+        embedding's gradient is accumulated instead.
         """
         if self._cache is None:
             raise RuntimeError("backward called before forward (or twice for one forward)")
@@ -328,7 +329,7 @@ class _Recurrent(Layer):
             if tuple(dy.shape) != out_shape:
                 raise ValueError(f"dy has shape {tuple(dy.shape)}; expected {out_shape}")
             if time_major:
-                dY = backend.ascontiguous_aligned(dy) if xp is np else xp.ascontiguousarray(dy)
+                dY = backend.ascontiguous_aligned(dy)
             else:
                 dY = backend.empty_aligned(xp, (T, B, dirs * H), dy.dtype)  # the native loop reads it
                 dY[...] = dy.transpose(1, 0, 2)

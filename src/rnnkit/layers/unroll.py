@@ -114,7 +114,11 @@ class UnrollCache:
     Cs: np.ndarray | None = None  # LSTM (T+1, B, H) cell states
     tanh_c: np.ndarray | None = None  # LSTM (T, B, H)
     hw_n: np.ndarray | None = None  # GRU (T, B, H): h_{t-1} W_hn^T + b_hn
-    ids: np.ndarray | None = None  # a Lookup's ids (T, B) int64, processing order, where the native loops run
+
+
+def _processing_ids(X: Lookup, reverse: bool):
+    """A Lookup's ids (T, B) as the native loops take them: int64, C-contiguous, in processing order."""
+    return np.ascontiguousarray(X.ids[::-1] if reverse else X.ids, dtype=np.int64)
 
 
 def _transposed_copy(W, block: int = 64):
@@ -146,7 +150,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
     table = ids = None  # a lookup the native loop makes itself: the projected table and the step's ids
     if native_mode is not None and isinstance(X, Lookup):
         table = np.ascontiguousarray(X.table @ W_ih.T)  # (V, G)
-        ids = np.ascontiguousarray(X.ids[::-1] if reverse else X.ids, dtype=np.int64)
+        ids = _processing_ids(X, reverse)
         xw = backend.empty_aligned(np, (T, B, table.shape[1]), X.dtype)  # receives the gates only
     else:  # input projection of every step at once: (T*B, D) @ (D, G), or a lookup
         xw = _input_projection(X, W_ih)
@@ -163,7 +167,7 @@ def unroll_forward(mode, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reve
         m = m[::-1] if m is not None else None
     Hs = backend.empty_aligned(xp, (T + 1, B, H), X.dtype)
     Hs[0] = h0
-    cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw, ids=ids)
+    cache = UnrollCache(mode, nonlinearity, reverse, X, W_ih, W_hh, b_ih is not None, m, Hs, xw)
     if mode == "lstm":
         cache.Cs = backend.empty_aligned(xp, (T + 1, B, H), X.dtype)
         cache.Cs[0] = c0
@@ -276,9 +280,7 @@ def unroll_backward(cache: UnrollCache, dy, dh_T, dc_T, grads: dict, names: tupl
         aux = c.tanh_c if c.mode == "lstm" else dHW_n
         ids = None
         if isinstance(c.X, Lookup):
-            ids = c.ids
-            if ids is None:  # the forward ran the NumPy loop
-                ids = np.ascontiguousarray(c.X.ids[::-1] if c.reverse else c.X.ids, dtype=np.int64)
+            ids = _processing_ids(c.X, c.reverse)
             S = np.zeros((c.X.table.shape[0], G), dtype=dXW.dtype)
         dbias = kernels.native.cell_backward(native_mode, dXW, np.ascontiguousarray(c.W_hh), c.Hs, c.Cs, aux,
                                              dy_c, dh, dc, mask_u8, bias_grad=c.has_bias, ids=ids, S=S)
