@@ -46,8 +46,9 @@ linux_only = pytest.mark.skipif(not _pagemap_works(), reason="needs page_zeros' 
 
 
 def test_page_zeros_is_a_plain_zeroed_array():
-    g = backend.page_zeros((700, 650), np.float32)
-    assert type(g) is np.ndarray and g.shape == (700, 650) and g.dtype == np.float32
+    g = backend.page_zeros((7000, 650), np.float32)  # 17 MiB: over PAGE_ZEROS_MIN_BYTES
+    assert (backend._whole_mapping(g) is not None) == backend._PAGE_ZEROS
+    assert type(g) is np.ndarray and g.shape == (7000, 650) and g.dtype == np.float32
     assert g.flags.c_contiguous and g.flags.writeable
     assert not g.any()
     g[3, 5] = 2.5
@@ -67,8 +68,18 @@ def test_small_arrays_are_ordinary_zeros_and_zero_writes_them():
     assert not g.any()
 
 
+def test_only_arrays_from_the_threshold_up_are_mapped():
+    # config S's (10000, 100) embedding gradient (4 MiB) stays dense: its page faults cost more than
+    # the memory it would keep unused; config M's (10000, 650), 25 MiB, is mapped
+    n = backend.PAGE_ZEROS_MIN_BYTES // 4
+    assert backend._whole_mapping(backend.page_zeros((n - 1,), np.float32)) is None
+    assert (backend._whole_mapping(backend.page_zeros((n,), np.float32)) is not None) == backend._PAGE_ZEROS
+    assert backend._whole_mapping(Embedding(10000, 100, seed=0).grads["weight"]) is None
+    assert (backend._whole_mapping(Embedding(10000, 650, seed=0).grads["weight"]) is not None) == backend._PAGE_ZEROS
+
+
 def test_zero_on_a_view_writes_zeros_and_leaves_the_rest():
-    g = backend.page_zeros((1024, 512), np.float32)
+    g = backend.page_zeros((4096, 1024), np.float32)
     g[...] = 1
     part = g[:10]
     assert backend._whole_mapping(part) is None  # a part of the mapping is not the whole of it
@@ -78,11 +89,11 @@ def test_zero_on_a_view_writes_zeros_and_leaves_the_rest():
 
 @linux_only
 def test_untouched_pages_are_not_resident_and_zero_hands_them_back():
-    g = backend.page_zeros((2048, 1024), np.float32)  # 8 MiB, 4 KiB a row
+    g = backend.page_zeros((4096, 1024), np.float32)  # 16 MiB, 4 KiB a row
     assert resident_kib(g) == 0
     assert float(np.dot(g.ravel(), g.ravel())) == 0.0  # reading maps the kernel's zero page only
     assert resident_kib(g) == 0
-    rows = np.array([0, 17, 900, 2047])
+    rows = np.array([0, 17, 900, 4095])
     g[rows] += 1.0
     assert resident_kib(g) == 4 * PAGE // 1024
     g[...] = 3
@@ -94,7 +105,7 @@ def test_untouched_pages_are_not_resident_and_zero_hands_them_back():
 @linux_only
 @pytest.mark.skipif(not kernels.native.available(), reason="native kernels not built")
 def test_native_scale_leaves_zero_pages_unwritten():
-    g = backend.page_zeros((2048, 1024), np.float32)
+    g = backend.page_zeros((4096, 1024), np.float32)
     g[[5, 1000]] = 2.0
     kernels.native.scale(g, 0.125)
     assert resident_kib(g) == 2 * PAGE // 1024
@@ -120,12 +131,12 @@ def test_native_scale_matches_numpy_bit_for_bit(a):
 
 
 def test_embedding_gradient_is_page_backed_and_correct_across_zero_grad():
-    emb = Embedding(3000, 128, seed=0)  # 1.5 MiB of gradient
+    emb = Embedding(32768, 128, seed=0)  # 16 MiB of gradient
     grad = emb.grads["weight"]
     assert backend._whole_mapping(grad) is not None or not backend._PAGE_ZEROS
-    ids = np.array([[1, 5, 5], [2999, 0, 1]])
+    ids = np.array([[1, 5, 5], [32767, 0, 1]])
     dy = np.random.default_rng(1).standard_normal((2, 3, 128)).astype(np.float32)
-    expected = np.zeros((3000, 128), np.float32)
+    expected = np.zeros((32768, 128), np.float32)
     np.add.at(expected, ids.reshape(-1), dy.reshape(-1, 128))
     for _ in range(2):
         emb.forward(ids)
@@ -137,7 +148,7 @@ def test_embedding_gradient_is_page_backed_and_correct_across_zero_grad():
 
 
 def test_embedding_to_float64_keeps_a_page_backed_gradient():
-    emb = Embedding(3000, 128, seed=0).to(dtype=np.float64)
+    emb = Embedding(16384, 128, seed=0).to(dtype=np.float64)  # 8 MiB in float32, 16 in float64
     g = emb.grads["weight"]
     assert g.dtype == np.float64 and not g.any()
     assert (backend._whole_mapping(g) is not None) == backend._PAGE_ZEROS
@@ -149,7 +160,7 @@ def test_embedding_to_float64_keeps_a_page_backed_gradient():
 @linux_only
 @pytest.mark.skipif(sys.byteorder != "little", reason="page arithmetic assumes the usual layout")
 def test_a_language_model_step_keeps_only_the_batch_rows_of_the_embedding_gradient_resident():
-    V, E = 4096, 256  # 1 KiB a row: four rows a page
+    V, E = 16384, 256  # 1 KiB a row: four rows a page; 16 MiB
     config = LanguageModelConfig(vocab_size=V, embedding_size=E, hidden_size=32, cell="gru", tie_weights=False)
     model = LanguageModel(config, seed=0)
     opt = optim.SGD(model, lr=0.1)

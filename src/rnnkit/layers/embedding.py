@@ -14,9 +14,10 @@ class Embedding(Layer):
     gradient rows into the ids' rows (repeated ids accumulate); ``padding_idx``'s row
     is initialised to zero and never receives gradient, as in PyTorch.
 
-    The weight gradient is a dense array, but a step writes only the rows of its ids: it
-    comes from ``backend.page_zeros``, so on Linux the rows no batch since the last
-    ``zero_grad()`` has touched take no memory (on config M, about 4 of its 25 MiB).
+    The weight gradient is a dense array, but a step writes only the rows of its ids: from
+    16 MiB up (``backend.PAGE_ZEROS_MIN_BYTES``) it comes from ``backend.page_zeros``, so on
+    Linux the rows no batch since the last ``zero_grad()`` has touched take no memory (on
+    config M, about 4 of its 25 MiB are resident).
     """
 
     sparse_grad_params = frozenset({"weight"})
