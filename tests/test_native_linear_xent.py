@@ -86,6 +86,21 @@ def test_every_block_size_gives_the_same_result(rows):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7 * max(1.0, float(np.abs(w).max())), err_msg=name)
 
 
+def test_a_weight_over_8_mib_is_taken_in_blocks_of_256_rows():
+    # dW is read and written once a block: the kernel chooses 256 rows (not 128) for a big W
+    _, x, W, b, t, rs, ts = _case(600, 300, 7100, seed=6)  # W 8.1 MiB
+    want = _reference(x, W, b, t, rs, ts)
+    got = _run(x, W, b, t, rs, ts, threads=2)
+    for name, g, w in zip(("loss", "dx", "dW", "db"), got, want):
+        _assert_close(g, w, f"{name}, default block")
+    # the bias gradient sums each block's tokens first, so its last bits tell the block size
+    assert got[3].tobytes() == _run(x, W, b, t, rs, ts, rows=256, threads=2)[3].tobytes()
+    assert got[3].tobytes() != _run(x, W, b, t, rs, ts, rows=128, threads=2)[3].tobytes()
+    small = _case(600, 300, 6900, seed=6)[1:]  # W 7.9 MiB: 128 rows
+    assert _run(*small, threads=2)[3].tobytes() == _run(*small, rows=128, threads=2)[3].tobytes()
+    assert _run(*small, threads=2)[3].tobytes() != _run(*small, rows=256, threads=2)[3].tobytes()
+
+
 def test_gradients_accumulate_into_what_is_there_and_no_bias_works():
     rng, x, W, b, t, rs, ts = _case(40, 24, 1100, seed=5)
     dW0 = rng.standard_normal(W.shape).astype(np.float32)
@@ -145,7 +160,11 @@ def test_linear_cross_entropy_takes_the_kernel_where_it_should():
     cases = [((2000, 32, 15), np.float32, True), ((500, 32, 15), np.float32, False),
              ((2000, 32, 15), np.float64, False), ((1024, losses.NATIVE_MAX_HIDDEN + 1, 15), np.float32, False),
              ((1024, 650, 15), np.float32, True), ((1024, losses.NATIVE_ANY_ROWS_HIDDEN, many), np.float32, True),
-             ((1024, losses.NATIVE_ANY_ROWS_HIDDEN + 1, many), np.float32, False)]
+             ((1024, losses.NATIVE_ANY_ROWS_HIDDEN + 1, many), np.float32, False),
+             # many rows above NATIVE_ANY_ROWS_HIDDEN: where W is over NATIVE_BIG_W_BYTES, up to NATIVE_BIG_W_HIDDEN
+             ((losses.NATIVE_BIG_W_BYTES // (4 * 300) + 1, 300, many), np.float32, True),
+             ((losses.NATIVE_BIG_W_BYTES // (4 * 300), 300, many), np.float32, False),
+             ((3000, losses.NATIVE_BIG_W_HIDDEN + 1, many), np.float32, False)]
     try:
         native.linear_xent = spy
         for (V, H, N), dtype, expected in cases:

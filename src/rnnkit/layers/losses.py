@@ -122,11 +122,15 @@ GPU_CHUNK_BYTES = 256 << 20  # on a GPU (where the default is asked for): a bloc
 # 2-core machine (benchmarks/RESULTS.md, "The output layer in one native kernel"): float32
 # vocabularies of at least NATIVE_MIN_VOCAB (enough rows of W to share among the threads);
 # any number of rows up to H = NATIVE_ANY_ROWS_HIDDEN (0.68-0.78x the time of the BLAS
-# row blocks at H 100-200); above it only up to NATIVE_MAX_ROWS rows (dW is read and
-# written once per 128 rows: at 4096 rows and H 512 the BLAS blocks were 3-8 % faster) and
-# H = NATIVE_MAX_HIDDEN (its tiles read W's rows whole: 1.10x at H 2048).
+# row blocks at H 100-200); above it up to NATIVE_MAX_ROWS rows, or any number up to
+# H = NATIVE_BIG_W_HIDDEN where W is over NATIVE_BIG_W_BYTES (dW is read and written once
+# per block of rows: 128 rows, where at 4096 rows and H 512, V 2000 the BLAS blocks are 3-8 %
+# faster; 256 for a W over 8 MiB, 0.87-0.92x at 1400-4096 rows, H 512-650; 1.03x at H 1024),
+# and H = NATIVE_MAX_HIDDEN (its tiles read W's rows whole: 1.10x at H 2048).
 NATIVE_ANY_ROWS_HIDDEN = 256
 NATIVE_MAX_ROWS = 1024
+NATIVE_BIG_W_HIDDEN = 768
+NATIVE_BIG_W_BYTES = 8 << 20
 NATIVE_MAX_HIDDEN = 1024
 NATIVE_MIN_VOCAB = 1024
 
@@ -163,9 +167,9 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     hidden sizes and row counts where it measured faster (the ``NATIVE_*`` bounds; the
     benchmark's S and M), the whole pass is one C kernel
     (:func:`rnnkit.kernels.native.linear_xent`): the threads split the vocabulary and take
-    the tokens in blocks of 128 whose logits stay in cache from the GEMM that makes them to
-    the two that consume them, reading W, x and the gradients in place. It keeps its own
-    blocks (at most 8 MiB of logits a thread), so ``chunk_bytes`` does not apply there; the
+    the tokens in blocks of 128 (256 where the weight is over 8 MiB) whose logits stay in cache
+    from the GEMM that makes them to the two that consume them, reading W, x and the gradients
+    in place. It keeps its own blocks (at most 16 MiB of logits a thread), so ``chunk_bytes`` does not apply there; the
     result is the same to float32 rounding.
     """
     if not isinstance(linear, Linear):
@@ -220,7 +224,10 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
 def native_xent_shape(V: int, H: int, N: int) -> bool:
     """True for the shapes (vocabulary, hidden size, rows) where ``linear_cross_entropy``
     runs the native kernel (given float32 NumPy arrays it can take): the ``NATIVE_*`` bounds."""
-    return V >= NATIVE_MIN_VOCAB and H <= NATIVE_MAX_HIDDEN and (H <= NATIVE_ANY_ROWS_HIDDEN or N <= NATIVE_MAX_ROWS)
+    if V < NATIVE_MIN_VOCAB or H > NATIVE_MAX_HIDDEN:
+        return False
+    big_w = H <= NATIVE_BIG_W_HIDDEN and 4 * V * H > NATIVE_BIG_W_BYTES  # the kernel's 256-row blocks
+    return H <= NATIVE_ANY_ROWS_HIDDEN or N <= NATIVE_MAX_ROWS or big_w
 
 
 def _native_xent(linear: Linear, x2) -> bool:

@@ -476,11 +476,14 @@ RK_EXPORT int rk_linear_xent(long N, int H, int V, const float *x, const float *
     if (rk_isa() == 0) return -2;
     if (N <= 0) return 0;
     int n = nth > RK_MAX_THREADS ? RK_MAX_THREADS : nth < 1 ? 1 : nth;
-    if (rows <= 0) { /* 128 tokens (measured on S and M), fewer where a block's logits would
-                      * exceed 8 MiB a thread */
+    if (rows <= 0) { /* Every block reads and writes all of dW: 128 tokens where dW is at most
+                      * 8 MiB (it stays in the last-level cache), else 256 (on M, 26 MiB of dW:
+                      * 63.8 against 70.7 ms; benchmarks/RESULTS.md, stop 19); fewer where a
+                      * block's logits would exceed 16 MiB a thread */
         long vt = (long)V / n + 16;
-        rows = (int)((8L << 20) / 4 / vt) / 16 * 16;
-        rows = rows < 16 ? 16 : rows > 128 ? 128 : rows;
+        const int want = (long)V * H * 4 > (8L << 20) ? 256 : 128;
+        rows = (int)((16L << 20) / 4 / vt) / 16 * 16;
+        rows = rows < 16 ? 16 : rows > want ? want : rows;
     }
     rows = (rows + 15) / 16 * 16;
     float *part = (float *)malloc((size_t)n * (size_t)N * 3 * sizeof(float)); /* run_cell_task runs <= n threads */
