@@ -139,11 +139,15 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
         latest = run_dir / "checkpoints" / "latest"
         deadline = time.monotonic() + 60
         before = latest.read_text() if latest.exists() else None
-        while proc.poll() is None and time.monotonic() < deadline:
-            if latest.exists() and latest.read_text() != before:
-                break  # this process has written a checkpoint
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.2))
+        # the whole run takes ~0.25 s on a fast machine (~30 checkpoints): kill after the first
+        # to fifth checkpoint this process writes is seen, within a few milliseconds of it
+        wanted, seen = int(rng.integers(1, 6)), 0
+        while proc.poll() is None and time.monotonic() < deadline and seen < wanted:
+            now = latest.read_text() if latest.exists() else None
+            if now != before:
+                before, seen = now, seen + 1  # this process has written a checkpoint
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.005))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -126,17 +126,25 @@ class Layer:
         for _, child in self.children():
             yield from child.modules()
 
+    def _first_param(self):
+        """The first of ``named_parameters()`` (own parameters come first), or None; without
+        building the generator chain where the layer has one of its own (one-token steps ask
+        for dtype and xp several times a token)."""
+        for p in self.params.values():
+            return p
+        for _, p, _ in self.named_parameters():
+            return p
+        return None
+
     @property
     def dtype(self):
-        for _, p, _ in self.named_parameters():
-            return p.dtype
-        return np.dtype(backend.get_default_dtype())
+        p = self._first_param()
+        return np.dtype(backend.get_default_dtype()) if p is None else p.dtype
 
     @property
     def xp(self):
-        for _, p, _ in self.named_parameters():
-            return backend.get_array_module(p)
-        return backend.xp_for()
+        p = self._first_param()
+        return backend.xp_for() if p is None else backend.get_array_module(p)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
