@@ -98,6 +98,37 @@ def test_generation_matches_a_manual_loop_and_leaves_the_training_carry():
     np.testing.assert_array_equal(model.carried_state()["h"], carry)
 
 
+def test_generation_runs_in_eval_mode_and_gives_the_mode_back():
+    """Eval mode once for the loop (dropout off: the text is that of an eval-mode model), not one
+    switch of every layer per token, and the model's own mode afterwards, also when stopped early."""
+    cfg = LanguageModelConfig(vocab_size=char_model().config.vocab_size, level="char", embedding_size=8,
+                              hidden_size=16, embedding_dropout=0.5, output_dropout=0.5)
+    model = LanguageModel(cfg, vocab=char_model().vocab, seed=0)
+    expected = list(generate(model.eval(), "to be", 20, greedy=True))
+    model.train()
+    switches = []
+    original = type(model).train
+
+    def counting_train(self, mode=True):
+        switches.append(mode)
+        return original(self, mode)
+
+    model.train = types.MethodType(counting_train, model)
+    assert list(generate(model, "to be", 20, greedy=True)) == expected
+    assert switches == [False, True] and model.training and model.rnn.training
+    stream = generate(model, "to be", 20, greedy=True)
+    next(stream)
+    assert not model.training and not model.rnn.training  # eval mode while it runs
+    stream.close()
+    assert model.training and model.rnn.training
+    model.eval()
+    with model.evaluating():
+        with model.evaluating():
+            pass
+        assert not model.training
+    assert not model.training and not model.rnn.training  # the mode before: eval
+
+
 def test_generation_streams():
     """Tokens come out one by one as they are produced, not after the whole text."""
     model = char_model()

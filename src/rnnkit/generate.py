@@ -118,7 +118,9 @@ def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k
     fed back in with ``model.step``, carrying the recurrent state. Pieces are yielded as
     they are produced. Word level: a word comes with a leading space (none at a line's
     start) and ``<eos>`` becomes a newline, so ``prime + "".join(pieces)`` reads naturally. The same ``seed``
-    (and model) gives the same text; the model's training carry is left untouched.
+    (and model) gives the same text; the model's training carry is left untouched. While the
+    generator runs, the model is in eval mode (``model.evaluating()``); its own mode comes back
+    when the generator finishes or is closed.
     """
     if num_tokens < 0:
         raise ValueError(f"num_tokens {num_tokens}; expected >= 0")
@@ -130,15 +132,16 @@ def generate(model, prime: str, num_tokens: int, temperature: float = 1.0, top_k
     vocab, level = Vocab.from_dict(model.vocab), model.config.level
     rng = np.random.default_rng(seed)
     ids = encode_prime(vocab, prime, level)
-    logits, state = model.predict(model.xp.asarray(ids[None, :]))
-    last = logits[0, -1]
-    line_start = prime.endswith(("\n", " "))  # word level: no space before a line's first word
-    for _ in range(num_tokens):
-        token = sample_next(last, rng, temperature, top_k, top_p, greedy)
-        piece = vocab.itos[token]
-        if level == "word":
-            piece = "\n" if piece == "<eos>" else (piece if line_start else " " + piece)
-            line_start = piece == "\n"
-        yield piece
-        step_logits, state = model.step(np.array([token]), state)
-        last = step_logits[0]
+    with model.evaluating():  # eval mode once for the whole loop, the model's own mode after
+        logits, state = model.predict(model.xp.asarray(ids[None, :]))
+        last = logits[0, -1]
+        line_start = prime.endswith(("\n", " "))  # word level: no space before a line's first word
+        for _ in range(num_tokens):
+            token = sample_next(last, rng, temperature, top_k, top_p, greedy)
+            piece = vocab.itos[token]
+            if level == "word":
+                piece = "\n" if piece == "<eos>" else (piece if line_start else " " + piece)
+                line_start = piece == "\n"
+            yield piece
+            step_logits, state = model.step(np.array([token]), state)
+            last = step_logits[0]
