@@ -1,6 +1,8 @@
 """Bad input gets a ValueError that names the value and what was expected."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,12 @@ def test_wrong_dtype(layer):
         layer.forward(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match=r"dtype int64; expected a float array"):
         layer.forward(np.zeros((2, 3, 4), dtype=np.int64))
+    for dtype in (bool, np.complex64):
+        with pytest.raises(ValueError, match=r"expected a float array"):
+            layer.forward(np.zeros((2, 3, 4), dtype=dtype))
+    foreign = types.SimpleNamespace(shape=(2, 3, 4), ndim=3, dtype="torch.float32")  # a dtype NumPy does not know
+    with pytest.raises(ValueError, match=r"dtype torch.float32; expected a float array"):
+        layer.forward(foreign)
 
 
 def test_empty_sequence(layer):
@@ -102,6 +110,9 @@ def test_embedding_ids():
         emb.forward(np.array([[-1, 2]]))
     with pytest.raises(ValueError, match="dtype float64; expected an integer array"):
         emb.forward(np.array([[1.0]]))
+    for bad in (np.array([[True]]), [[1, 2]], types.SimpleNamespace(shape=(1, 1), dtype="torch.int64")):
+        with pytest.raises(ValueError, match="expected an integer array"):
+            emb.forward(bad)
 
 
 def test_linear_and_loss_shapes():

@@ -392,7 +392,8 @@ def linear_xent(x, W, bias, targets, row_scale=None, target_scale=None, dx=None,
     ``row_scale[r] * softmax(z_r) - target_scale[r] * onehot(t_r)``. The (N, V) logits are
     never stored: the threads split the vocabulary and take the rows in blocks of ``rows``
     tokens (a multiple of 16; 0 chooses: 128, or 256 where dW is over 8 MiB, fewer where a
-    block's logits would exceed 16 MiB a thread). W, x, dW and dx are read and written in place (no copy of W).
+    block's logits would exceed 16 MiB a thread). W, x, dW and dx are read and written in
+    place (no copy of W).
     The result depends on the thread count in the last bits (the threads' partial sums).
     targets must be in [0, V) (the caller checks)."""
     lib = _load()

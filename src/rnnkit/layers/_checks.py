@@ -13,7 +13,7 @@ def check_float_input(x, name: str, ndim: int, last_dim: int | None, dtype, chec
         raise TypeError(f"{name} is a {type(x).__name__}; expected an array")
     if x.ndim != ndim:
         raise ValueError(f"{name} has shape {tuple(x.shape)} ({x.ndim}-d); expected {ndim}-d")
-    if x.dtype.kind != "f":  # np.issubdtype(x.dtype, np.floating), without its cost
+    if getattr(x.dtype, "kind", None) != "f":  # np.issubdtype(x.dtype, np.floating), without its cost
         raise ValueError(f"{name} has dtype {x.dtype}; expected a float array of dtype {np.dtype(dtype).name}")
     if x.dtype != dtype:
         raise ValueError(

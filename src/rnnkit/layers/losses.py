@@ -169,8 +169,8 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
     (:func:`rnnkit.kernels.native.linear_xent`): the threads split the vocabulary and take
     the tokens in blocks of 128 (256 where the weight is over 8 MiB) whose logits stay in cache
     from the GEMM that makes them to the two that consume them, reading W, x and the gradients
-    in place. It keeps its own blocks (at most 16 MiB of logits a thread), so ``chunk_bytes`` does not apply there; the
-    result is the same to float32 rounding.
+    in place. It keeps its own blocks (at most 16 MiB of logits a thread), so ``chunk_bytes``
+    does not apply there; the result is the same to float32 rounding.
     """
     if not isinstance(linear, Linear):
         raise TypeError(f"linear is a {type(linear).__name__}; expected an rnnkit Linear layer")
