@@ -58,6 +58,25 @@ def test_state_of_wrong_size(layer):
         layer.forward(x, state)
 
 
+def test_a_state_fed_back_is_not_checked_again_but_a_callers_is(layer, monkeypatch):
+    from rnnkit.layers import recurrent
+    x = np.zeros((2, 3, 4), np.float32)
+    _, state = layer.forward(x)
+    checked = []
+    real = recurrent.check_float_input
+    monkeypatch.setattr(recurrent, "check_float_input", lambda v, name, *a, **k: checked.append(name) or real(v, name, *a, **k))
+    _, state = layer.forward(x, state)  # the state the last call returned (a generation loop)
+    assert checked == ["x"]
+    parts = state if isinstance(layer, LSTM) else (state,)
+    copies = [p.copy() for p in parts]
+    copies[0][1, 0, 2] = np.nan
+    with pytest.raises(ValueError, match=r"initial state h contains 1 NaN/inf value\(s\)"):
+        layer.forward(x, tuple(copies) if isinstance(layer, LSTM) else copies[0])
+    _, state = layer.forward(x)
+    with pytest.raises(ValueError, match=r"initial state h has shape \(2, 2, 6\); expected \(2, 3, 6\)"):
+        layer.forward(np.zeros((3, 3, 4), np.float32), state)  # fed back, but for another batch
+
+
 def test_lstm_state_must_be_pair():
     with pytest.raises(ValueError, match="expected a tuple"):
         LSTM(4, 6).forward(np.zeros((2, 3, 4), np.float32), np.zeros((1, 2, 6), np.float32))

@@ -101,6 +101,7 @@ class _Recurrent(Layer):
         self._state = None
         self._cache = None
         self._embedding = None  # forward_embedded's embedding, when backward owes it dx
+        self._handed_out = None  # the state_n the last forward returned (fed back in: checked already)
         self.dstate0 = None
 
     @staticmethod
@@ -137,6 +138,7 @@ class _Recurrent(Layer):
     def _on_to(self, dtype, device) -> None:
         self._state = None
         self._cache = None
+        self._handed_out = None
 
     @property
     def state(self):
@@ -258,6 +260,10 @@ class _Recurrent(Layer):
             # is checked above; it is not scanned for NaN like a caller's (on a GPU the scan waits for
             # the device, twice a chunk), a NaN in it shows in the loss the trainer checks
             h0, c0 = state if self.mode == "lstm" else (state, None)
+        elif state is self._handed_out and (state[0] if self.mode == "lstm" else state).shape[1] == B:
+            # the very state_n the last call returned, fed back in (generation, one token a call): made
+            # here from checked inputs, so not scanned for NaN again, as the carried state is not
+            h0, c0 = state if self.mode == "lstm" else (state, None)
         else:
             checked = self._check_state(state, B)
             h0, c0 = checked if self.mode == "lstm" else (checked, None)
@@ -291,6 +297,7 @@ class _Recurrent(Layer):
             X = Y
         self._cache = (caches, drop_masks, B, T, time_major)
         state_n = (h_n, c_n) if self.mode == "lstm" else h_n
+        self._handed_out = state_n
         if self.stateful:
             # carried, detached: the next chunk starts here, and backward stops at this edge
             self._state = (h_n.copy(), c_n.copy()) if self.mode == "lstm" else h_n.copy()
