@@ -262,7 +262,8 @@ class _Recurrent(Layer):
             h0, c0 = state if self.mode == "lstm" else (state, None)
         elif state is self._handed_out and (state[0] if self.mode == "lstm" else state).shape[1] == B:
             # the very state_n the last call returned, fed back in (generation, one token a call): made
-            # here from checked inputs, so not scanned for NaN again, as the carried state is not
+            # here from checked inputs, so not scanned for NaN again, as the carried state is not (an
+            # overflow in this layer's own arithmetic shows in the outputs it gave with that state)
             h0, c0 = state if self.mode == "lstm" else (state, None)
         else:
             checked = self._check_state(state, B)
