@@ -255,15 +255,12 @@ class _Recurrent(Layer):
         if state is None:
             h0 = self._zero_state(B)
             c0 = self._zero_state(B) if self.mode == "lstm" else None
-        elif carried:
-            # the layer's own carried state (its last output state, or set_carried_state's): its batch
-            # is checked above; it is not scanned for NaN like a caller's (on a GPU the scan waits for
-            # the device, twice a chunk), a NaN in it shows in the loss the trainer checks
-            h0, c0 = state if self.mode == "lstm" else (state, None)
-        elif state is self._handed_out and (state[0] if self.mode == "lstm" else state).shape[1] == B:
-            # the very state_n the last call returned, fed back in (generation, one token a call): made
-            # here from checked inputs, so not scanned for NaN again, as the carried state is not (an
-            # overflow in this layer's own arithmetic shows in the outputs it gave with that state)
+        elif carried or (state is self._handed_out and (state[0] if self.mode == "lstm" else state).shape[1] == B):
+            # the layer's own carried state (its last output state, or set_carried_state's), whose batch
+            # is checked above, or the very state_n the last call returned, fed straight back in
+            # (generation, one token a call): not scanned for NaN like a caller's (on a GPU the scan
+            # waits for the device, twice a chunk); a NaN in it came from this layer's own arithmetic
+            # and shows in the outputs it gave with that state, and in the loss the trainer checks
             h0, c0 = state if self.mode == "lstm" else (state, None)
         else:
             checked = self._check_state(state, B)

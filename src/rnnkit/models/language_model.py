@@ -120,6 +120,7 @@ class LanguageModel(Model):
         self.criterion = SoftmaxCrossEntropy()
         self.last_logits = None
         self._embedded = False  # the last _features went through rnn.forward_embedded
+        self._eval_blocks = 0  # evaluating() blocks open: predict / step leave the mode alone
 
     def _initialise(self, rng) -> None:
         """Language-model initialisations (see ``LanguageModelConfig.init``); the layers' own are PyTorch's."""
@@ -271,7 +272,7 @@ class LanguageModel(Model):
         that was ~25 of ~90 us. ``generate`` runs its loop inside this."""
         was_training = self.training
         self.eval()
-        self._eval_blocks = getattr(self, "_eval_blocks", 0) + 1
+        self._eval_blocks += 1
         try:
             yield self
         finally:
@@ -280,7 +281,7 @@ class LanguageModel(Model):
 
     def _eval_features(self, ids, state):
         was_training, carried = self.training, self.rnn._state
-        switch = not getattr(self, "_eval_blocks", 0)  # inside evaluating(): already in eval mode
+        switch = not self._eval_blocks  # inside evaluating(): already in eval mode
         if switch:
             self.eval()
         self.rnn._state = None  # state=None means zeros here, not the training carry
