@@ -49,7 +49,8 @@ import numpy as np
 from rnnkit.config import from_dict, parse_overrides, to_dict
 from rnnkit.optim import Adam, clip_grad_norm
 from rnnkit.data.series import rolling_origin_folds
-from rnnkit.tasks.forecast import ForecastConfig, ForecastTask, forecast_metrics, load_series, resolve
+from rnnkit.tasks.forecast import (ForecastConfig, ForecastTask, diebold_mariano, forecast_metrics, load_series,
+                                  resolve)
 
 
 def train_one(task: ForecastTask, epochs: int, lr: float, patience: int, clip: float) -> int:
@@ -210,6 +211,43 @@ def fold_scores(config: ForecastConfig, series, names, folds, args) -> list[list
     return scores
 
 
+def significance(nets, mean_pred, preds: dict, truth, horizon: int) -> dict:
+    """Diebold-Mariano tests (absolute error, HLN correction) of the network's forecasts against the
+    baselines' on the same test origins: the seed-averaged forecast, and each seed's own."""
+    n = len(truth)
+    if n < 4 * horizon:  # the long-run variance of h-step errors needs many more origins than h
+        return {"skipped": f"{n} test origins for horizon {horizon}: too few for a Diebold-Mariano test"}
+    out = {}
+    for name in ("seasonal naive", "ARIMA"):
+        if name in preds:
+            key = name.replace(" ", "_")
+            out[f"seed-average vs {key}"] = diebold_mariano(mean_pred - truth, preds[name] - truth, horizon)
+            per_seed = [diebold_mariano(nt["pred"] - truth, preds[name] - truth, horizon) for nt in nets]
+            out[f"each seed vs {key}"] = {k: [r[k] for r in per_seed] for k in ("statistic", "p_value", "mean_diff")}
+    return out
+
+
+def summarize_significance(path: Path) -> str:
+    """A markdown table of the Diebold-Mariano tests in the JSON lines written by ``--out``."""
+    rows = ["| series | h | test origins | vs seasonal naive: DM, p (seed-average) | p of each seed | "
+            "vs ARIMA (train): DM, p (seed-average) | p of each seed |", "|---|---|---|---|---|---|---|"]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        sig, cells = r.get("significance", {}), []
+        if not sig or "skipped" in sig:
+            cells = [sig.get("skipped", "not computed")] + ["-"] * 3
+        else:
+            for key in ("seasonal_naive", "ARIMA"):
+                avg, each = sig.get(f"seed-average vs {key}"), sig.get(f"each seed vs {key}")
+                if avg:
+                    cells += [f"{avg['statistic']:+.2f}, {avg['p_value']:.3g}",
+                              " ".join(f"{p:.2g}" for p in each["p_value"])]
+                else:
+                    cells += ["-", "-"]
+        rows.append(f"| {r['dataset']} | {r['config']['horizon']} | {r['test_origins']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def summarize(path: Path) -> str:
     """A markdown table of the JSON lines written by ``--out``."""
     rows = ["| series | h | test origins | network: chosen config | network MAE (5 seeds) | network MAPE % "
@@ -257,6 +295,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.summarize:
         print(summarize(args.summarize))
+        print()
+        print(summarize_significance(args.summarize))
         return 0
 
     base = {"dataset": args.dataset, "data_dir": args.data_dir, **parse_overrides(args.set)}
@@ -312,6 +352,8 @@ def main(argv=None) -> int:
         result["arima_order"] = {"order": list(order), "seasonal_order": list(seasonal),
                                  "transform": cfg.transform}
 
+    result["significance"] = significance(nets, mean_pred, preds, truth, cfg.horizon)
+
     net = result["network"]
     for g in grid_report:
         per_fold = " ".join(f"{m:.4g}" for m in g["fold_val_mae"])
@@ -327,6 +369,14 @@ def main(argv=None) -> int:
         if label in result:
             print(f"  {label:<23} MAE {result[label]['mae']:.4g}  MAPE {result[label]['mape']:.3g}%  "
                   f"{result['arima_order']}")
+    for label, r in result["significance"].items():
+        if label == "skipped":
+            print(f"  Diebold-Mariano: skipped, {r}")
+        elif label.startswith("each seed"):
+            print(f"  Diebold-Mariano, {label}: p {' '.join(f'{p:.2g}' for p in r['p_value'])}")
+        else:
+            print(f"  Diebold-Mariano, {label}: DM {r['statistic']:+.2f}, p {r['p_value']:.3g} "
+                  f"(mean |e| difference {r['mean_diff']:+.4g}; negative: the network is better)")
     if args.figure:
         title = (f"{args.dataset}: test forecasts (network seed {args.seeds[0]}, {cfg.cell} {cfg.hidden_size}, "
                  f"horizon {cfg.horizon}, {cfg.output})")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,23 @@ def test_benchmark_fold_scheme_keeps_the_fewest_training_windows():
     assert bench.fold_scheme({**base, "horizon": 12}, grid, 100, 4, 12) == [(40, 55), (55, 70), (70, 85)]
 
 
+def test_benchmark_significance_tests_each_seed_and_the_average(tmp_path):
+    pytest.importorskip("scipy.stats")
+    bench = load_script(ROOT / "benchmarks" / "run_forecast.py")
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(20, 1, 1))
+    nets = [{"pred": truth + 0.3 * rng.normal(size=truth.shape)} for _ in range(3)]
+    mean_pred = np.mean([n["pred"] for n in nets], axis=0)
+    preds = {"network": nets[0]["pred"], "seasonal naive": truth + rng.normal(size=truth.shape)}
+    sig = bench.significance(nets, mean_pred, preds, truth, 1)
+    assert set(sig) == {"seed-average vs seasonal_naive", "each seed vs seasonal_naive"}  # no ARIMA forecast
+    assert sig["seed-average vs seasonal_naive"]["statistic"] < 0 and len(sig["each seed vs seasonal_naive"]["p_value"]) == 3
+    assert "too few" in bench.significance(nets, mean_pred, preds, truth, 6)["skipped"]  # 20 origins < 4 * 6
+    line = {"dataset": "x", "config": {"horizon": 1}, "test_origins": 20, "significance": sig}
+    (tmp_path / "r.jsonl").write_text(json.dumps(line) + "\n")
+    assert "| x | 1 | 20 | -" in bench.summarize_significance(tmp_path / "r.jsonl")
+
+
 # ---- learning --------------------------------------------------------------------------------
 def train(task, epochs, lr):
     opt = Adam(task.model, lr=lr)
@@ -304,3 +323,80 @@ def test_trainer_run_and_reload_from_its_checkpoint(tmp_path):
     again = ForecastTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert again.config == task.config and again.seed == 2
     assert again.evaluate("test")["mae"] == pytest.approx(result["test_mae"])
+
+
+# --- Diebold-Mariano ----------------------------------------------------------------------
+
+def test_diebold_mariano_one_step_equals_the_paired_t_test():
+    """At h = 1 the HLN-corrected statistic is exactly the paired t-test of the losses."""
+    stats = pytest.importorskip("scipy.stats")
+    from rnnkit.tasks.forecast import diebold_mariano
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=40), 1.2 * rng.normal(size=40)
+    for loss, fn in (("abs", np.abs), ("squared", np.square)):
+        dm = diebold_mariano(a, b, loss=loss)
+        ref = stats.ttest_rel(fn(a), fn(b))
+        assert dm["statistic"] == pytest.approx(ref.statistic, rel=1e-12)
+        assert dm["p_value"] == pytest.approx(ref.pvalue, rel=1e-10)
+        assert dm["mean_diff"] == pytest.approx(float((fn(a) - fn(b)).mean()))
+        swapped = diebold_mariano(b, a, loss=loss)
+        assert swapped["statistic"] == pytest.approx(-dm["statistic"]) and swapped["p_value"] == pytest.approx(dm["p_value"])
+
+
+def test_diebold_mariano_multi_step_variance_and_extra_axes():
+    pytest.importorskip("scipy.stats")
+    from rnnkit.tasks.forecast import diebold_mariano
+
+    rng = np.random.default_rng(1)
+    n, h = 60, 3
+    a, b = rng.normal(size=(n, h, 2)), rng.normal(size=(n, h, 2))
+    d = (np.abs(a) - np.abs(b)).mean(axis=(1, 2))
+    # the long-run variance written out with np.correlate (full autocovariance sequence)
+    acov = np.correlate(d - d.mean(), d - d.mean(), mode="full")[n - 1:] / n
+    lrv = acov[0] + 2 * acov[1:h].sum()
+    expected = d.mean() / np.sqrt(lrv / n) * np.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)
+    assert diebold_mariano(a, b, horizon=h)["statistic"] == pytest.approx(expected, rel=1e-12)
+    assert diebold_mariano(a, b, horizon=h)["n"] == n
+
+
+def test_diebold_mariano_size_and_power():
+    """Equal forecasts are rejected at 5 % about 5 % of the time; a clearly better one nearly always."""
+    pytest.importorskip("scipy.stats")
+    from rnnkit.tasks.forecast import diebold_mariano
+
+    rng = np.random.default_rng(2)
+    n, trials = 30, 2000
+    null = [diebold_mariano(rng.normal(size=n), rng.normal(size=n))["p_value"] < 0.05 for _ in range(trials)]
+    assert 0.035 < np.mean(null) < 0.065
+    # 2-step errors are MA(1): horizon=2 keeps the size, horizon=1 would over-reject
+    def ma1():
+        e = rng.normal(size=n + 1)
+        return e[1:] + 0.9 * e[:-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the odd negative long-run variance
+        pairs = [(ma1(), ma1()) for _ in range(trials)]
+        null2 = [diebold_mariano(a, b, horizon=2, loss="squared")["p_value"] < 0.05 for a, b in pairs]
+    null1 = [diebold_mariano(a, b, horizon=1, loss="squared")["p_value"] < 0.05 for a, b in pairs]
+    assert 0.02 < np.mean(null2) < 0.08 < np.mean(null1)
+    better = [diebold_mariano(0.5 * rng.normal(size=60), rng.normal(size=60)) for _ in range(200)]
+    assert np.mean([r["p_value"] < 0.05 and r["statistic"] < 0 for r in better]) > 0.95
+
+
+def test_diebold_mariano_rejects_bad_input():
+    from rnnkit.tasks.forecast import diebold_mariano
+
+    a = np.arange(10.0)
+    with pytest.raises(ValueError, match=r"shapes \(10,\) and \(9,\)"):
+        diebold_mariano(a, a[:9])
+    with pytest.raises(ValueError, match="horizon 10"):
+        diebold_mariano(a, a + 1, horizon=10)
+    with pytest.raises(ValueError, match="loss 'mse'"):
+        diebold_mariano(a, a + 1, loss="mse")
+    with pytest.raises(ValueError, match="NaN"):
+        diebold_mariano(a, np.r_[a[:9], np.nan])
+    with pytest.raises(ValueError, match="constant"):
+        diebold_mariano(a, -a)  # equal absolute errors: d = 0 everywhere
+    pytest.importorskip("scipy.stats")
+    with pytest.warns(RuntimeWarning, match="negative"):  # d alternates: lag-1 autocovariance = -lag 0
+        assert diebold_mariano(np.zeros(10), np.tile([1.0, 2.0], 5), horizon=2)["variance_lags"] == 0

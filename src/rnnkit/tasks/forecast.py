@@ -28,6 +28,7 @@ next to the seasonal-naive forecast ``y_{t+k-s*ceil(k/s)}`` on the same targets.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,6 +324,53 @@ def forecast_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "mape": float(100 * np.abs(err[nonzero] / truth[nonzero]).mean()) if nonzero.any() else float("nan")}
 
 
+def diebold_mariano(errors_a, errors_b, horizon: int = 1, loss: str = "abs") -> dict[str, float]:
+    """Diebold-Mariano test of equal accuracy of two forecasts of the same targets.
+
+    ``errors_a`` and ``errors_b`` are the two forecasts' errors (forecast - truth) at the same
+    origins, in time order: shape (N,) or (N, ...), where the extra axes (steps ahead, series)
+    are averaged into one loss per origin. The loss differential is
+    ``d_t = L(a_t) - L(b_t)`` with ``L = |e|`` (``loss="abs"``) or ``e^2`` (``"squared"``);
+    its long-run variance takes the autocovariances up to lag ``horizon - 1`` (an h-step
+    forecast error is at most MA(h-1) under the null). The statistic carries Harvey, Leybourne
+    and Newbold's (1997) small-sample correction and is read against Student's t with N - 1
+    degrees of freedom.
+
+    Returns ``statistic`` (negative: a is more accurate), two-sided ``p_value``, ``mean_diff``
+    (mean of d, in loss units), ``n`` and ``variance_lags``: the truncated estimate can come out
+    negative at h > 1, and then (with a RuntimeWarning) the lag-0 variance is used instead. Needs SciPy (the ``bench`` extra) for the t distribution.
+    """
+    a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(f"errors of shapes {a.shape} and {b.shape}; expected two equal shapes (N, ...)")
+    if loss not in ("abs", "squared"):
+        raise ValueError(f"loss {loss!r}; expected 'abs' or 'squared'")
+    n = a.shape[0]
+    if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon < n:
+        raise ValueError(f"horizon {horizon!r}; expected an integer from 1 to N - 1 = {n - 1}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("errors contain NaN or inf; expected finite errors")
+    fn = np.abs if loss == "abs" else np.square
+    d = (fn(a) - fn(b)).reshape(n, -1).mean(axis=1)
+    dev = d - d.mean()
+    gamma = [float(dev[k:] @ dev[:n - k]) / n for k in range(horizon)]
+    if not gamma[0] > 0:
+        raise ValueError("the loss differential is constant (the two forecasts' losses are equal or differ "
+                         "by a constant); expected losses that vary")
+    variance = (gamma[0] + 2 * sum(gamma[1:])) / n
+    lags = horizon - 1
+    if not variance > 0:  # the truncated estimate can be negative at h > 1: fall back, as R's dm.test does
+        warnings.warn(f"diebold_mariano: the long-run variance over {lags} lags is negative ({variance:.3g}); "
+                      f"using the lag-0 variance", RuntimeWarning, stacklevel=2)
+        variance, lags = gamma[0] / n, 0
+    from scipy import stats  # the bench extra; kept out of the core dependencies
+
+    dm = float(d.mean()) / np.sqrt(variance)
+    dm *= np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
+    return {"statistic": float(dm), "p_value": float(2 * stats.t.sf(abs(dm), df=n - 1)),
+            "mean_diff": float(d.mean()), "n": int(n), "variance_lags": lags}
+
+
 def _split_name(split: str) -> str:
     name = {"val": "valid", "validation": "valid"}.get(split, split)
     if name not in ("train", "valid", "test"):
@@ -330,4 +378,4 @@ def _split_name(split: str) -> str:
     return name
 
 
-__all__ = ["ForecastConfig", "ForecastTask", "PRESETS", "forecast_metrics", "load_series"]
+__all__ = ["ForecastConfig", "ForecastTask", "PRESETS", "diebold_mariano", "forecast_metrics", "load_series"]
