@@ -312,21 +312,14 @@ class Captioner(Model):
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         return log_probs, (new_h, new_c, p)
 
-    def _in_eval(self, fn):
-        was_training = self.training
-        self.eval()
-        try:
-            return fn()
-        finally:
-            self.train(was_training)
-
     def greedy_decode(self, features, max_len: int | None = None) -> list[Hypothesis]:
         """The most probable word at every step, for images ``features`` (B, ...): one Hypothesis each."""
         def run():
             state = self.init_decoding(features)
             return greedy_search(self.step, state, self.sos_id, self.eos_id, max_len or self.max_caption_len,
                                  batch_size=state[0].shape[0])
-        return self._in_eval(run)
+        with self.evaluating():
+            return run()
 
     def beam_decode(self, features, beam_size: int = 5, max_len: int | None = None, length_penalty: float = 1.0,
                     n_best: int | None = None) -> list[list[Hypothesis]]:
@@ -337,7 +330,8 @@ class Captioner(Model):
             return beam_search(self.step, state, self.sos_id, self.eos_id, beam_size,
                                max_len or self.max_caption_len, length_penalty=length_penalty,
                                n_best=n_best, batch_size=state[0].shape[0])
-        return self._in_eval(run)
+        with self.evaluating():
+            return run()
 
     def sample_decode(self, features, temperature: float = 1.0, max_len: int | None = None,
                       rng=None) -> list[Hypothesis]:
@@ -374,7 +368,8 @@ class Captioner(Model):
                     break
             return [Hypothesis(words[b], float(scores[b]), float(scores[b]) / max(len(words[b]) + done[b], 1),
                                bool(done[b])) for b in range(B)]
-        return self._in_eval(run)
+        with self.evaluating():
+            return run()
 
 
 __all__ = ["CaptionerConfig", "Captioner", "ImageEncoder"]

@@ -195,12 +195,8 @@ class SequenceClassifier(Model):
     # -- inference ---------------------------------------------------------------
     def predict_proba(self, ids, mask=None):
         """Class probabilities (B, num_classes), in eval mode (the mode is restored after)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             z = self.forward(ids, mask)
-        finally:
-            self.train(was_training)
         z = z - z.max(axis=1, keepdims=True)
         p = self.xp.exp(z)
         return p / p.sum(axis=1, keepdims=True)

@@ -139,12 +139,8 @@ class Forecaster(Model):
 
     def predict(self, x):
         """Forecast (B, horizon, K) from windows x (B, T, input_size), in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             out = self.forward(x)
-        finally:
-            self.train(was_training)
         return out if self.config.output == "last" else out[:, -1]
 
 

@@ -17,7 +17,6 @@ as ``encoder.weight``, so the optimizer steps it once and a checkpoint stores it
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,7 +119,6 @@ class LanguageModel(Model):
         self.criterion = SoftmaxCrossEntropy()
         self.last_logits = None
         self._embedded = False  # the last _features went through rnn.forward_embedded
-        self._eval_blocks = 0  # evaluating() blocks open: predict / step leave the mode alone
 
     def _initialise(self, rng) -> None:
         """Language-model initialisations (see ``LanguageModelConfig.init``); the layers' own are PyTorch's."""
@@ -262,22 +260,6 @@ class LanguageModel(Model):
         result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
                                       grad=False)
         return result.loss, result.count, state
-
-    @contextlib.contextmanager
-    def evaluating(self):
-        """Eval mode for a block of :meth:`predict` / :meth:`step` calls, then the mode before.
-
-        Each of those calls otherwise switches the whole model to eval mode and back itself,
-        a walk over every layer twice a call: at one token a call (generation, S-sized model)
-        that was ~25 of ~90 us. ``generate`` runs its loop inside this."""
-        was_training = self.training
-        self.eval()
-        self._eval_blocks += 1
-        try:
-            yield self
-        finally:
-            self._eval_blocks -= 1
-            self.train(was_training)
 
     def _eval_features(self, ids, state):
         was_training, carried = self.training, self.rnn._state

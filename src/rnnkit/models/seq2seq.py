@@ -395,14 +395,6 @@ class Seq2Seq(Model):
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         return log_probs, (h, cstate, memory, mask, rev, peek), weights
 
-    def _in_eval(self, fn):
-        was_training = self.training
-        self.eval()
-        try:
-            return fn()
-        finally:
-            self.train(was_training)
-
     def greedy_decode(self, src, src_mask=None, max_len: int | None = None) -> list[Hypothesis]:
         """Greedy decoding of a batch of sources (B, S). Returns one Hypothesis per example;
         ``hyp.aux`` holds the attention weights (steps, S) when the model attends."""
@@ -410,7 +402,8 @@ class Seq2Seq(Model):
             state, B = self._decode_setup(src, src_mask)
             return greedy_search(self.decode_step, state, self.sos_id, self.eos_id, max_len or self.max_target_len,
                                  batch_size=B)
-        return self._in_eval(run)
+        with self.evaluating():
+            return run()
 
     def beam_decode(self, src, src_mask=None, beam_size: int = 5, max_len: int | None = None,
                     length_penalty: float = 1.0, n_best: int | None = None) -> list[list[Hypothesis]]:
@@ -421,7 +414,8 @@ class Seq2Seq(Model):
             return beam_search(self.decode_step, state, self.sos_id, self.eos_id, beam_size,
                                max_len or self.max_target_len, length_penalty=length_penalty,
                                n_best=n_best, batch_size=B)
-        return self._in_eval(run)
+        with self.evaluating():
+            return run()
 
 
 __all__ = ["Seq2SeqConfig", "Seq2Seq"]

@@ -216,10 +216,8 @@ class CaptionTask:
         split = self._split(split)
         idx = self._eval_indices(split)
         model = self.model
-        was_training = model.training
-        model.eval()
         total, count, correct = 0.0, 0, 0
-        try:
+        with model.evaluating():
             for start in range(0, len(idx), batch_size):
                 feats, ids, mask = self.batch(split, idx[start:start + batch_size])
                 loss = model.loss(feats, ids, mask)
@@ -228,8 +226,6 @@ class CaptionTask:
                 total, count = total + loss * n, count + n
                 pred = model.last_logits.argmax(axis=-1)
                 correct += int(((pred == ids) & mask).sum())
-        finally:
-            model.train(was_training)
         references = [self.data[split].captions[i] for i in idx]
         out = {"loss": total / max(count, 1), "token_accuracy": correct / max(count, 1)}
         out.update(self._caption_metrics("", self.generate(split, 0, idx), references))

@@ -295,16 +295,13 @@ class BiLMPretrainTask:
         if len(idx) == 0:
             return {}
         idx = idx[np.argsort([len(self.task.ids[i]) for i in idx], kind="stable")]
-        was_training, xp = self.model.training, self.model.xp
-        self.model.eval()
+        xp = self.model.xp
         total = count = 0.0
-        try:
+        with self.model.evaluating():
             for start in range(0, len(idx), batch_size):
                 ids, mask, _ = self.task.batch(idx[start:start + batch_size])
                 loss = self.model.loss(xp.asarray(ids), xp.asarray(mask))
                 total, count = total + loss * self.model.count, count + self.model.count
-        finally:
-            self.model.train(was_training)
         loss = total / max(count, 1)
         return {"loss": loss, "ppl": float(np.exp(min(loss, 50.0)))}
 

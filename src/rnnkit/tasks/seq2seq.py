@@ -205,10 +205,9 @@ class Seq2SeqTask:
         if len(idx) == 0:
             return {}
         idx = idx[np.argsort([len(self.src[i]) for i in idx], kind="stable")]
-        model, was_training = self.model, self.model.training
-        model.eval()
+        model = self.model
         total_loss = total_tokens = correct_tokens = exact = beam_exact = 0
-        try:
+        with model.evaluating():
             for start in range(0, len(idx), batch_size):
                 part = idx[start:start + batch_size]
                 src, src_mask, tgt, tgt_mask = self.batch(part)
@@ -224,8 +223,6 @@ class Seq2SeqTask:
                     beams = model.beam_decode(src, src_mask, beam_size=self.config.eval_beam_size,
                                               length_penalty=self.config.length_penalty, n_best=1)
                     beam_exact += sum(b[0].finished and b[0].tokens == a for b, a in zip(beams, answers))
-        finally:
-            model.train(was_training)
         out = {"loss": total_loss / max(total_tokens, 1), "accuracy": exact / len(idx),
                "token_accuracy": correct_tokens / max(total_tokens, 1)}
         if self.config.eval_beam_size:
