@@ -18,6 +18,7 @@ from .. import backend
 from ..layers.base import Layer
 
 MODEL_REGISTRY: dict[str, type["Model"]] = {}
+_NOT_LAYER_STATE = frozenset({"params", "grads", "training", "_eval_blocks"})
 TRAINER_PREFIX = "optim."  # tensors of the trainer's state inside a training checkpoint
 
 
@@ -41,19 +42,25 @@ class Model(Layer):
 
     @contextlib.contextmanager
     def evaluating(self):
-        """Eval mode for a block of inference calls, then the mode the model had before.
+        """A block of inference calls: eval mode inside, and on leaving it the model as it was.
 
-        Every ``predict`` / decode method runs inside one. Open one yourself around a loop of
-        one-token calls: ``LanguageModel.predict`` / ``step`` inside a block skip their own
-        switch, a walk over every layer twice a call (at one token a call on an S-sized model,
-        ~25 of ~90 us). Blocks nest."""
+        On leaving, the mode is the one before, and every layer's caches and carried state are
+        put back too. So a ``predict`` or a decode between a training ``loss()`` and its
+        ``backward()`` leaves that backward's gradients exact. Every ``predict`` / decode method
+        runs inside one of these. Open one yourself around a loop of one-token calls:
+        ``LanguageModel.predict`` / ``step`` inside a block skip their own switch and
+        snapshot, a walk over every layer twice a call (at one token a call on an S-sized
+        model, ~25 of ~90 us). Blocks nest."""
         was_training = self.training
+        saved = [(layer, _layer_state(layer)) for layer in self.modules()]
         self.eval()
         self._eval_blocks += 1
         try:
             yield self
         finally:
             self._eval_blocks -= 1
+            for layer, state in saved:
+                layer.__dict__.update(state)
             self.train(was_training)
 
     def extra_state(self) -> dict:
@@ -108,3 +115,12 @@ class Model(Layer):
             model.to(dtype=dtype)
         model.load_state_dict({n: np.asarray(v) for n, v in tensors.items() if n in expected})
         return model
+
+
+def _layer_state(layer: Layer) -> dict:
+    """What a layer holds besides its parameters and mode: the caches its ``backward`` reads
+    (a reference to the embedding that backward hands dx, too) and its carried state. Lists
+    and dicts (a cell's stack of step caches) are copied one level, since a forward appends
+    to them in place."""
+    return {name: list(value) if type(value) is list else dict(value) if type(value) is dict else value
+            for name, value in vars(layer).items() if name not in _NOT_LAYER_STATE}

@@ -17,6 +17,7 @@ as ``encoder.weight``, so the optimizer steps it once and a checkpoint stores it
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -247,8 +248,9 @@ class LanguageModel(Model):
 
         Leaves the training carry (``rnn.state``) untouched. Returns (logits (B, T, V), state).
         """
-        h, state = self._eval_features(ids, state)
-        return self.decoder.forward(h), state
+        with self._inference():
+            h, state = self._eval_features(ids, state)
+            return self.decoder.forward(h), state
 
     def predict_loss(self, ids, targets, state=None, mask=None):
         """Mean next-token loss of ``targets`` given ``ids`` (B, T) from ``state``, in eval mode,
@@ -256,23 +258,23 @@ class LanguageModel(Model):
 
         Leaves the training carry untouched (see :meth:`predict`). Returns (loss, count, state).
         """
-        h, state = self._eval_features(ids, state)
-        result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
-                                      grad=False)
-        return result.loss, result.count, state
+        with self._inference():
+            h, state = self._eval_features(ids, state)
+            result = linear_cross_entropy(self.decoder, h, targets, mask, ignore_index=self.criterion.ignore_index,
+                                          grad=False)
+            return result.loss, result.count, state
+
+    def _inference(self):
+        """``evaluating()``, unless one is open already (then the mode and caches are its job)."""
+        return self.evaluating() if not self._eval_blocks else contextlib.nullcontext()
 
     def _eval_features(self, ids, state):
-        was_training, carried = self.training, self.rnn._state
-        switch = not self._eval_blocks  # inside evaluating(): already in eval mode
-        if switch:
-            self.eval()
+        carried = self.rnn._state
         self.rnn._state = None  # state=None means zeros here, not the training carry
         try:
             return self.rnn.forward_embedded(self.encoder, ids, state)
-        finally:
+        finally:  # the inference caches go now: a long generation does not keep them
             self.rnn._state, self.rnn._cache, self.rnn._embedding = carried, None, None
-            if switch:
-                self.train(was_training)
 
     def step(self, ids, state=None):
         """One token per stream: ``ids`` (B,) -> (logits (B, V), state) from ``state`` (None: zeros).
