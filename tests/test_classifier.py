@@ -238,6 +238,10 @@ def test_config_errors_name_the_value():
         ClassifierConfig(pooling="sum")
     with pytest.raises(ValueError, match="fold 3"):
         ClassifyConfig(folds=3, fold=3)
+    for name, bad, expected in (("batch_size", 0, ">= 1"), ("max_len", 0, ">= 1"), ("max_len", -1, ">= 1"),
+                                ("min_freq", 0, ">= 1"), ("max_train", -3, ">= 0")):
+        with pytest.raises(ValueError, match=f"{name} {bad}; expected .*{expected}"):
+            ClassifyConfig(**{name: bad})
 
 
 def test_tokens_and_metrics():
@@ -291,3 +295,8 @@ def test_left_padding_gives_the_same_prediction():
         mask_right = np.arange(9)[None] < 6
         np.testing.assert_allclose(model.predict_proba(left, mask_right[:, ::-1].copy()),
                                    model.predict_proba(right, mask_right), rtol=1e-5, atol=1e-7)
+
+
+def test_ids_of_the_wrong_rank_are_named():
+    with pytest.raises(ValueError, match=r"ids have shape \(3,\); expected \(B, T\) token ids"):
+        tiny_model().predict_proba(np.array([1, 2, 3]))

@@ -272,3 +272,38 @@ def test_task_trains_with_the_shared_trainer_and_reloads(tmp_path):
     assert again.evaluate("test") == pytest.approx({k[5:]: v for k, v in result.items() if k.startswith("test_")})
     answers = again.answer(["12+34", "7+8"], beam_size=2)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_fixed_width_answer_pads_questions_as_training_did_and_strips_the_answers(monkeypatch):
+    """A fixed-width model was trained on questions padded to one width: answer() must pad a
+    question typed without that padding the same way, and strip the answer's padding."""
+    from rnnkit.decoding import Hypothesis
+    from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
+
+    config = Seq2SeqTaskConfig(dataset="gen-addition", num_generated=300, fixed_width=True, hidden_size=8,
+                               embedding_dim=4)
+    task = Seq2SeqTask.from_config(config, seed=0)
+    width = len(task.pairs[0][0])
+    assert width > len("1+2") and all(len(q) == width for q, _ in task.pairs)
+    seen = {}
+
+    def greedy(src, src_mask=None, max_len=None):
+        seen["src"], seen["mask"] = src, src_mask
+        return [Hypothesis(task.vocab.encode("91  ").tolist(), 0.0, 0.0, True) for _ in range(len(src))]
+
+    monkeypatch.setattr(task.model, "greedy_decode", greedy)
+    assert task.answer(["1+2", "16+75"]) == ["91", "91"]
+    assert seen["src"].shape == (2, width) and seen["mask"].all()
+    np.testing.assert_array_equal(seen["src"][0], task.vocab.encode("1+2".ljust(width)))
+
+
+def test_task_sizes_are_checked():
+    from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
+
+    for name in ("max_train", "max_eval", "eval_beam_size"):
+        with pytest.raises(ValueError, match=f"{name} -100; expected an integer >= 0"):
+            Seq2SeqTaskConfig(**{name: -100})
+    with pytest.raises(ValueError, match="3 question/answer pairs: test_fraction 0.1 leaves no test pair"):
+        Seq2SeqTask.from_config(Seq2SeqTaskConfig(dataset="gen-addition", num_generated=3, hidden_size=4))
+    config = Seq2SeqTaskConfig(dataset="gen-addition", num_generated=10, val_fraction=0.0, hidden_size=4)
+    assert len(Seq2SeqTask.from_config(config).splits["valid"]) == 0  # no validation part asked for: fine

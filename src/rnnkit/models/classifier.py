@@ -132,6 +132,9 @@ class SequenceClassifier(Model):
         ``delta`` (B, T, E), if given, is added to the (dropped-out) embeddings: a perturbation
         of the input held constant by ``backward``.
         """
+        ids = self.xp.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids have shape {tuple(ids.shape)}; expected (B, T) token ids")
         e = self.embed(ids)
         if delta is not None:
             if delta.shape != e.shape:

@@ -73,9 +73,12 @@ class ClassifyConfig(ClassifierConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("pretrain_epochs", "pretrain_vocab"):
+        for name in ("pretrain_epochs", "pretrain_vocab", "max_train"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)}; expected >= 0")
+        for name in ("batch_size", "max_len", "min_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
         if self.pretrain_keep not in ("all", "embedding"):
             raise ValueError(f"pretrain_keep {self.pretrain_keep!r}; expected 'all' or 'embedding'")
         if self.pretrain_lr < 0:

@@ -75,6 +75,9 @@ class Seq2SeqTaskConfig(Seq2SeqConfig):
         for name in ("batch_size", "num_generated"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
+        for name in ("max_train", "max_eval", "eval_beam_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 0 (0: {'off' if name == 'eval_beam_size' else 'all'})")
 
 
 def model_config(config: Seq2SeqTaskConfig) -> Seq2SeqConfig:
@@ -132,6 +135,10 @@ class Seq2SeqTask:
             raise ValueError("no question/answer pairs; need at least one")
         self.config, self.seed, self.pairs = config, seed, pairs
         train, valid, test = split_indices(len(pairs), config)
+        for part, fraction, name in ((test, config.test_fraction, "test"), (valid, config.val_fraction, "val")):
+            if fraction > 0 and len(part) == 0:
+                raise ValueError(f"{len(pairs)} question/answer pairs: {name}_fraction {fraction} leaves no {name} "
+                                 f"pair; expected at least {int(np.ceil(1 / fraction))} pairs")
         if config.max_train:
             train = train[: config.max_train]
         self.splits = {"train": train, "valid": valid, "test": test}
@@ -230,7 +237,14 @@ class Seq2SeqTask:
         return out
 
     def answer(self, questions: list[str], beam_size: int = 0) -> list[str]:
-        """Decoded answers to raw questions (greedy, or beam search of ``beam_size``)."""
+        """Decoded answers to raw questions (greedy, or beam search of ``beam_size``).
+
+        With ``fixed_width`` a question is padded with spaces as the training questions were,
+        and the answer's padding is stripped again, so questions go in and answers come out as
+        a user types and reads them."""
+        if self.config.fixed_width:
+            width = len(self.pairs[0][0])  # load_pairs padded every question to this width
+            questions = [q.ljust(width) for q in questions]
         src, src_mask = pad_batch([self.vocab.encode(q) if q else np.array([self.vocab.unk_id]) for q in questions],
                                   self.vocab.pad_id)
         if beam_size:
@@ -238,7 +252,8 @@ class Seq2SeqTask:
                                                          length_penalty=self.config.length_penalty, n_best=1)]
         else:
             hyps = self.model.greedy_decode(src, src_mask)
-        return ["".join(self.vocab.decode(h.tokens)) for h in hyps]
+        answers = ["".join(self.vocab.decode(h.tokens)) for h in hyps]
+        return [a.rstrip(" ") for a in answers] if self.config.fixed_width else answers
 
 
 __all__ = ["Seq2SeqTaskConfig", "Seq2SeqTask", "load_pairs", "split_indices", "model_config"]
