@@ -300,3 +300,23 @@ def test_left_padding_gives_the_same_prediction():
 def test_ids_of_the_wrong_rank_are_named():
     with pytest.raises(ValueError, match=r"ids have shape \(3,\); expected \(B, T\) token ids"):
         tiny_model().predict_proba(np.array([1, 2, 3]))
+
+
+def test_a_relative_data_path_still_loads_from_another_folder(tmp_path, monkeypatch):
+    """The config in the checkpoint keeps the data file's absolute path, so `rnnkit evaluate`
+    works from any folder (it used to look for the relative path in the current one)."""
+    from rnnkit.train.trainer import Trainer, TrainConfig
+
+    (tmp_path / "data").mkdir()
+    write_labelled_csv(tmp_path / "data" / "toy.csv")
+    monkeypatch.chdir(tmp_path)
+    cfg = ClassifyConfig(dataset="data/toy.csv", data_dir="data", embedding_dim=4, hidden_size=4, batch_size=8,
+                         val_fraction=0.2, test_fraction=0.2)
+    assert cfg.dataset == str(tmp_path / "data" / "toy.csv") and cfg.data_dir == str(tmp_path / "data")
+    assert ClassifyConfig(dataset="sms-spam").dataset == "sms-spam"  # names stay names
+    task = ClassifyTask.from_config(cfg, seed=1)
+    Trainer(task, TrainConfig(epochs=1, run_dir="run", progress=False, plot=False), cfg).fit()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = ClassifyTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert again.evaluate("test") == pytest.approx(task.evaluate("test"))

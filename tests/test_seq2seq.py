@@ -307,3 +307,14 @@ def test_task_sizes_are_checked():
         Seq2SeqTask.from_config(Seq2SeqTaskConfig(dataset="gen-addition", num_generated=3, hidden_size=4))
     config = Seq2SeqTaskConfig(dataset="gen-addition", num_generated=10, val_fraction=0.0, hidden_size=4)
     assert len(Seq2SeqTask.from_config(config).splits["valid"]) == 0  # no validation part asked for: fine
+
+
+def test_a_relative_data_path_is_kept_absolute(tmp_path, monkeypatch):
+    from rnnkit.tasks.seq2seq import Seq2SeqTaskConfig
+
+    (tmp_path / "pairs.txt").write_text("1+1_2\n2+2_4\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert Seq2SeqTaskConfig(dataset="pairs.txt").dataset == str(tmp_path / "pairs.txt")
+    assert Seq2SeqTaskConfig(dataset="missing.txt").dataset == "missing.txt"  # the error comes when it is read
+    (tmp_path / "addition").write_text("", encoding="utf-8")
+    assert Seq2SeqTaskConfig(dataset="addition").dataset == "addition"  # a name stays a name

@@ -31,7 +31,7 @@ from ..data.text import shared_data_dir
 from ..data.vocab import PAD, UNK, Vocab
 from ..models.bilm import BiLMPretrainer
 from ..models.classifier import ClassifierConfig, SequenceClassifier
-from .common import bucketed_batches, find_task_meta
+from .common import absolute_if_exists, bucketed_batches, find_task_meta
 
 NAMED = ("rt-polarity", "sms-spam")
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
@@ -73,6 +73,9 @@ class ClassifyConfig(ClassifierConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataset not in NAMED:
+            self.dataset = absolute_if_exists(self.dataset)
+        self.data_dir = absolute_if_exists(self.data_dir)
         for name in ("pretrain_epochs", "pretrain_vocab", "max_train"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)}; expected >= 0")

@@ -1,8 +1,18 @@
-"""Pieces every task shares: reading a task's config back from a checkpoint, and
-length-bucketed batching of variable-length examples."""
+"""Pieces every task shares: reading a task's config back from a checkpoint, data paths
+that survive a change of folder, and length-bucketed batching of variable-length examples."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+
+def absolute_if_exists(value: str) -> str:
+    """``value`` as an absolute path when it names an existing file or folder, else unchanged.
+
+    Task configs keep a data file's path this way, so the config saved in a checkpoint still
+    finds the data when ``rnnkit evaluate`` runs from another folder."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
 
 
 def find_task_meta(meta: dict, name: str) -> dict:

@@ -36,7 +36,7 @@ from ..data.tasks import load_seq2seq_file, make_addition_problems, make_date_pr
 from ..data.text import shared_data_dir
 from ..data.vocab import EOS, PAD, SOS, UNK, Vocab
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
-from .common import bucketed_batches, find_task_meta
+from .common import absolute_if_exists, bucketed_batches, find_task_meta
 
 NAMED = {"addition": ("dl2-addition", "addition.txt"), "date": ("dl2-date", "date.txt")}
 GENERATED = ("gen-addition", "gen-date")
@@ -66,6 +66,9 @@ class Seq2SeqTaskConfig(Seq2SeqConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataset not in NAMED and self.dataset not in GENERATED:
+            self.dataset = absolute_if_exists(self.dataset)
+        self.data_dir = absolute_if_exists(self.data_dir)
         if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1 \
                 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"test_fraction {self.test_fraction}, val_fraction {self.val_fraction}; "
