@@ -174,6 +174,13 @@ def test_multivariate_with_covariates_and_calendar(tmp_path):
     assert set(task.evaluate("test")) >= {"loss", "mae", "rmse", "mape", "naive_mae", "naive_mape"}
 
 
+def test_a_relative_csv_path_is_kept_absolute(tmp_path, monkeypatch):
+    (tmp_path / "one.csv").write_text("step,v\n" + "".join(f"{i},{i % 7}\n" for i in range(60)), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert ForecastConfig(dataset="one.csv").dataset == str(tmp_path / "one.csv")
+    assert ForecastConfig(dataset="nile").dataset == "nile"
+
+
 # ---- rolling-origin folds ----------------------------------------------------------------------
 def fold_series(seed=0):
     t = np.arange(90)
@@ -400,3 +407,69 @@ def test_diebold_mariano_rejects_bad_input():
     pytest.importorskip("scipy.stats")
     with pytest.warns(RuntimeWarning, match="negative"):  # d alternates: lag-1 autocovariance = -lag 0
         assert diebold_mariano(np.zeros(10), np.tile([1.0, 2.0], 5), horizon=2)["variance_lags"] == 0
+
+
+# ---- config, model and data checks -------------------------------------------------------------
+def test_a_float64_model_gets_windows_in_its_dtype(tmp_path):
+    """A model loaded as float64 trains and evaluates on float64 windows (not a float32 mismatch)."""
+    t = np.arange(80)
+    y = 50 + t + 10 * np.sin(2 * np.pi * t / 4)
+    task = make_task(y, horizon=2)
+    ckpt = task.model.save(tmp_path / "f.safetensors", meta=task.extra_meta())
+    m64 = Model.load(ckpt, dtype=np.float64)
+    task64 = ForecastTask(task.config, y, ["c0"], model=m64)
+    x, target = task64.windows(task64.origins["train"][:4])
+    assert x.dtype == target.dtype == np.float64
+    loss, count = task64.train_loss(next(iter(task64.train_batches(0))))
+    assert np.isfinite(loss) and count > 0
+    assert task64.evaluate("test") == pytest.approx(task.evaluate("test"), rel=1e-4)
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("batch_size", 0, "an integer >= 1"), ("horizon", 0, "an integer >= 1"),
+    ("input_len", -3, "an integer >= 0"), ("val_size", -5, "an integer >= 0"),
+    ("test_size", -5, "an integer >= 0"), ("season", -1, "an integer >= 0")])
+def test_config_rejects_sizes_out_of_range(name, value, expected):
+    with pytest.raises(ValueError, match=f"^{name} {value}; expected {expected}"):
+        ForecastConfig(**{name: value})
+    ForecastConfig(input_len=0, val_size=0, test_size=0, season=0)  # 0: the dataset's default
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("num_targets", [0, 3])
+def test_forecaster_needs_targets_among_its_inputs(residual, num_targets):
+    with pytest.raises(ValueError, match=f"num_targets {num_targets}; expected 1 <= num_targets <= input_size = 2"):
+        Forecaster(ForecasterConfig(hidden_size=8, residual=residual), 2, num_targets=num_targets)
+    assert Forecaster(ForecasterConfig(hidden_size=8, residual=residual), 2, num_targets=2).num_targets == 2
+
+
+@pytest.mark.skipif(not (DATA / "statsmodels-ts" / "elnino.csv").is_file() or not AIR.is_file(),
+                    reason="bundled series not found (set RNNKIT_DATA)")
+def test_columns_of_a_bundled_dataset_are_checked():
+    from rnnkit.tasks.forecast import load_series
+
+    def load(dataset, columns):
+        return load_series(ForecastConfig(dataset=dataset, data_dir=str(DATA), columns=columns))
+
+    with pytest.raises(ValueError, match="columns 'nosuchcolumn' for dataset 'air-passengers'; expected 'value'"):
+        load("air-passengers", "nosuchcolumn")
+    with pytest.raises(ValueError, match="columns 'JAN' for dataset 'elnino'; expected 'elnino'.*JAN..DEC"):
+        load("elnino", "JAN")
+    values, names = load("air-passengers", "value")
+    assert names == ["value"] and values.shape == (144, 1)
+    values, names = load("elnino", "elnino")
+    assert names == ["elnino"] and values.shape == (61 * 12, 1)
+
+
+def test_a_part_too_short_for_the_horizon_is_refused():
+    y = 50 + np.arange(80.0)
+    with pytest.raises(ValueError, match="validation part of 12 steps holds no forecast origin for horizon 13; "
+                                         "expected horizon <= 12, or a validation part \\(val_size\\) of >= 13"):
+        make_task(y, horizon=13)
+    with pytest.raises(ValueError, match="test part of 12 steps holds no forecast origin for horizon 13; "
+                                         "expected horizon <= 12, or a test part \\(test_size\\) of >= 13"):
+        make_task(y, horizon=13, val_size=20)
+    task = make_task(y, horizon=12)  # the longest horizon that fits: one origin per part
+    assert len(task.origins["valid"]) == len(task.origins["test"]) == 1
+    fold = ForecastTask.for_fold(task.config, y, ["c0"], (50, 68))  # a fold has no test part: not an error
+    assert len(fold.origins["test"]) == 0 and fold.evaluate("test") == {}

@@ -497,3 +497,27 @@ def backend_of(model) -> str:
     from rnnkit import backend
 
     return backend.get_array_module(next(iter(model.named_parameters()))[1]).__name__
+
+
+class NoValidationToyTask(ToyTask):
+    """A task without a validation part: evaluate("valid") is {}."""
+
+    def evaluate(self, split):
+        return {}
+
+
+def test_without_a_validation_part_the_train_loss_is_monitored_and_said(tmp_path, capsys):
+    tc = TrainConfig(epochs=3, optimizer="sgd", lr=0.1, plot=False, run_dir=str(tmp_path / "none"), progress=False)
+    result = Trainer(NoValidationToyTask([]), tc).fit()
+    out = capsys.readouterr().out
+    assert out.count("note: the task has no validation part") == 1
+    assert "follow the training loss" in out
+    rows = epoch_rows(tmp_path / "none")
+    assert result["monitor"] == "train_loss" and result["best_val_loss"] == min(r["train_loss"] for r in rows)
+    assert json.loads((tmp_path / "none" / "result.json").read_text())["monitor"] == "train_loss"
+    assert Trainer(NoValidationToyTask([]), tc).fit(resume=True)["monitor"] == "train_loss"  # nothing left to run
+    # with a validation part: the validation loss, and no note
+    tc = dataclasses.replace(tc, run_dir=str(tmp_path / "valid"))
+    result = Trainer(ToyTask([1.0, 0.5, 0.6]), tc).fit()
+    assert result["monitor"] == "val_loss" and result["best_val_loss"] == 0.5
+    assert "no validation part" not in capsys.readouterr().out

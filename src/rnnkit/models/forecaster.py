@@ -54,7 +54,7 @@ class ForecasterConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r}; expected one of {LOSSES}")
         if self.horizon < 1:
-            raise ValueError(f"horizon {self.horizon}; need horizon >= 1")
+            raise ValueError(f"horizon {self.horizon!r}; expected an integer >= 1")
 
 
 class MAELoss(Layer):
@@ -92,6 +92,11 @@ class Forecaster(Model):
         super().__init__(config)
         self.input_size = int(input_size)
         self.num_targets = int(num_targets) if num_targets is not None else self.input_size
+        if self.input_size < 1:
+            raise ValueError(f"input_size {input_size!r}; expected an integer >= 1")
+        if not 1 <= self.num_targets <= self.input_size:
+            raise ValueError(f"num_targets {num_targets!r}; expected 1 <= num_targets <= input_size = {self.input_size} "
+                             "(the targets are the first num_targets input features)")
         self.data = data
         rng = rng if rng is not None else backend.default_rng(seed)
         c = config

@@ -38,7 +38,7 @@ from .. import backend
 from ..data.series import Scaler, load_series_csv
 from ..models.forecaster import Forecaster, ForecasterConfig
 from .classify import data_dir
-from .common import find_task_meta
+from .common import absolute_if_exists, find_task_meta
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,14 @@ class ForecastConfig(ForecasterConfig):
             raise ValueError(f"transform {self.transform!r}; expected 'none', 'log' or 'auto'")
         if self.difference < -1:
             raise ValueError(f"difference {self.difference}; expected a lag >= 0 (or -1: the dataset's default)")
+        for name in ("input_len", "val_size", "test_size", "season"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)!r}; expected an integer >= 0 (0: the dataset's default)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size!r}; expected an integer >= 1")
+        if self.dataset not in PRESETS:  # a file: kept absolute, so the checkpoint's config finds it anywhere
+            self.dataset = absolute_if_exists(self.dataset)
+        self.data_dir = absolute_if_exists(self.data_dir)
 
 
 def model_config(config: ForecastConfig) -> ForecasterConfig:
@@ -104,10 +112,16 @@ def load_series(config: ForecastConfig) -> tuple[np.ndarray, list[str]]:
             header = Path(config.dataset).read_text(encoding="utf-8").split("\n", 1)[0]
             names = [h.strip().strip('"') for h in header.split(",")[1:]]
         return values, names
+    name = preset.column or config.dataset  # the preset's one series (elnino: its twelve month columns, read as one)
+    picked = [c.strip() for c in config.columns.split(",") if c.strip()]
+    if picked and picked != [name]:
+        whole = " (its JAN..DEC columns are read as one monthly series)" if preset.column is None else ""
+        raise ValueError(f"columns {config.columns!r} for dataset {config.dataset!r}; expected {name!r}, "
+                         f"its only column{whole}, or none")
     path = data_dir(config) / preset.file
-    if config.dataset == "elnino":
+    if preset.column is None:
         _, values = load_series_csv(path)  # one row of twelve months per year
-        return values.reshape(-1, 1), ["elnino"]
+        return values.reshape(-1, 1), [name]
     index, values = load_series_csv(path, preset.column, missing="nan")
     if config.dataset == "co2":  # weekly with gaps -> monthly means
         months = index.astype("datetime64[M]")
@@ -190,6 +204,11 @@ class ForecastTask:
             "valid": origins[(origins + 1 >= self.train_end) & (last_target < self.val_end)],
             "test": origins[(origins + 1 >= self.val_end) & (last_target < T)],
         }
+        for split, part, key, size in (("valid", "validation", "val_size", self.val_end - self.train_end),
+                                       ("test", "test", "test_size", T - self.val_end)):
+            if size > 0 and len(self.origins[split]) == 0:  # a window needs all its targets inside the part
+                raise ValueError(f"{part} part of {size} steps holds no forecast origin for horizon {h}; expected "
+                                 f"horizon <= {size}, or a {part} part ({key}) of >= {h} steps")
         if model is None:
             data = {"columns": self.columns, "num_targets": self.num_targets, "scaler": self.scaler.to_dict()}
             model = Forecaster(model_config(config), z.shape[1], self.num_targets, data=data, seed=seed)
@@ -233,16 +252,16 @@ class ForecastTask:
 
     # -- windows ------------------------------------------------------------------------------
     def windows(self, origins: np.ndarray, sequence_targets: bool = False):
-        """x (N, L, D) float32 and scaled targets: (N, h, K), or (N, L, h, K) for every step."""
+        """x (N, L, D) and scaled targets: (N, h, K), or (N, L, h, K) for every step, in the model's dtype."""
         L, h, K = self.config.input_len, self.config.horizon, self.num_targets
         steps = origins[:, None] + np.arange(-L + 1, 1)  # (N, L)
-        x = self.z[steps].astype(np.float32)
+        x = self.z[steps].astype(self.model.dtype)
         ahead = np.arange(1, h + 1)
         if sequence_targets:
             y = self.z[steps[:, :, None] + ahead, :K]  # (N, L, h, K)
         else:
             y = self.z[origins[:, None] + ahead, :K]  # (N, h, K)
-        return x, y.astype(np.float32)
+        return x, y.astype(self.model.dtype)
 
     # -- training ----------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:

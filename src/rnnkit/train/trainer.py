@@ -37,7 +37,9 @@ as the model's weights in every checkpoint and tested; the raw weights that trai
 on from are saved beside them (``optim.raw.*``) for resume and rollback.
 
 Files in ``run_dir``: ``config.json`` (resolved config), ``metrics.jsonl`` (every logged
-row), ``metrics.csv`` (one row per epoch), ``loss.png`` (needs matplotlib), ``result.json``.
+row), ``metrics.csv`` (one row per epoch), ``loss.png`` (needs matplotlib), ``result.json`` (``best_<main
+metric>``, ``monitor``: the loss it follows, which is ``train_loss`` when the task has no validation part, and
+the test metrics).
 """
 from __future__ import annotations
 
@@ -265,6 +267,7 @@ class Trainer:
         self._write_config()
         self._started = time.perf_counter()
         stop_reason = self._budget_spent()
+        noted = False  # the note that the training loss stands in for a missing validation part, once per fit
         while self.epoch < cfg.epochs and stop_reason is None:
             epoch, skip = self.epoch, self.batch_index
             task.start_epoch(epoch)
@@ -314,7 +317,14 @@ class Trainer:
             seconds = time.perf_counter() - t0
             with self._averaged():
                 metrics = {f"val_{k}": v for k, v in task.evaluate("valid").items()}
-            current = metrics.get(task.main_metric, self.sum_loss / max(self.sum_count, 1))
+            current = metrics.get(task.main_metric)
+            if current is None:  # no validation part (evaluate("valid") is {}): the training loss stands in
+                current = self.sum_loss / max(self.sum_count, 1)
+                if not noted:
+                    print(f"note: the task has no validation part (no {task.main_metric}): the best checkpoint, "
+                          "early stopping and the lr schedule follow the training loss "
+                          "(result.json: monitor 'train_loss')", flush=True)
+                    noted = True
             row = {"split": "epoch", "epoch": epoch, "step": self.step, "complete": complete,
                    "train_loss": self.sum_loss / max(self.sum_count, 1), "lr": self.optimizer.lr,
                    "seconds": seconds, f"{self.unit}_per_s": items / max(seconds, 1e-9), **metrics}
@@ -342,7 +352,8 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Test metrics of the best weights; result.json."""
-        result = {"best_" + self.task.main_metric: self.best, "epochs": self.epoch, "steps": self.step}
+        result = {"best_" + self.task.main_metric: self.best, "monitor": self._monitor(), "epochs": self.epoch,
+                  "steps": self.step}
         if self.config.eval_test:
             best = self.checkpoints.best()
             if best is not None:
@@ -356,6 +367,12 @@ class Trainer:
                 print("test: " + ", ".join(f"{k} {_show(v)}" for k, v in test.items()))
         write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+    def _monitor(self) -> str:
+        """The loss that ``best`` follows: the main metric, or "train_loss" when the epochs were not validated."""
+        epochs = [r for r in self.history if r["split"] == "epoch"]
+        main = self.task.main_metric
+        return main if not epochs or main in epochs[-1] else "train_loss"
 
     def _evaluate_mid_epoch(self, epoch: int, bar) -> None:
         """A logged validation row inside an epoch (``eval_every``); training goes on undisturbed:
