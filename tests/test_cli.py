@@ -178,3 +178,22 @@ def test_module_entry_point_and_help():
     out = subprocess.run([sys.executable, "-m", "rnnkit", "--help"], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0 and "rnnkit demo" in out.stdout and "rnnkit generate" in out.stdout
+
+
+@pytest.mark.parametrize("split, message", [
+    ("test", "no 'test' split in corpus 'tiny.txt' (a text file is split train/valid); use --split valid or --file"),
+    ("bogus", "split 'bogus'; expected one of ['valid']"),
+    ("train", "split 'train'; expected one of ['valid']"),
+])
+def test_evaluate_a_split_the_corpus_lacks_is_an_error(trained, capsys, split, message):
+    """A text corpus has train/valid only: the default --split test once printed {} and exited 0."""
+    _, run_dir = trained
+    ckpt = str(run_dir / "checkpoints" / "best.safetensors")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--split", split]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"rnnkit evaluate: error: {message}" in captured.err
+    # the trainer still gets {} for the missing test split at the end of a run
+    assert get_task("lm").from_checkpoint(ckpt).evaluate("test") == {}
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--split", "val"]) == 0  # the alias every task takes
+    assert '"ppl"' in capsys.readouterr().out

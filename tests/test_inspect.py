@@ -277,3 +277,20 @@ def test_command_line_on_a_language_model_checkpoint(tmp_path):
     assert "".join(data["tokens"]) == TEXT[:100]
     assert {s["name"] for s in data["sources"]} == {f"{k}{l}" for k in "hcifgo" for l in (0, 1)}
     assert len(data["predictions"]["ids"]) == 100 and len(data["predictions"]["ids"][0]) == 5
+
+
+def test_command_line_refuses_a_model_that_is_not_a_language_model(tmp_path, capsys):
+    """A classifier checkpoint once crashed deep in page_data (no .encoder); now a clean error."""
+    from rnnkit import cli
+    from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
+
+    config = ClassifierConfig(embedding_dim=4, hidden_size=4)
+    path = SequenceClassifier(config, 20, 2, seed=0).save(tmp_path / "cls.safetensors")
+    out = tmp_path / "page.html"
+    message = "holds a 'SequenceClassifier' model; expected LanguageModel"
+    assert cli.main(["inspect", str(path), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        ins.main([str(path), "--out", str(out)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()

@@ -4,8 +4,8 @@ RNN, LSTM and GRU with hand-written forward and BPTT backward on NumPy (CuPy on 
 PyTorch's gate orders and parameter names, and the models and tools built on them.
 """
 from . import backend
-from .layers import (GRU, LSTM, RNN, Dropout, Embedding, GRUCell, Layer, Linear, LSTMCell, MSELoss, RNNCell,
-                     SoftmaxCrossEntropy)
+from .layers import (GRU, LSTM, RNN, Dropout, Embedding, GRUCell, Layer, Linear, LinearCrossEntropyResult, LSTMCell,
+                     MSELoss, RNNCell, SoftmaxCrossEntropy, linear_cross_entropy)
 
 __version__ = "0.1.0"
 
@@ -18,4 +18,4 @@ def gradcheck(*args, **kwargs):
 
 
 __all__ = ["backend", "gradcheck", "Layer", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU", "Embedding",
-           "Linear", "Dropout", "SoftmaxCrossEntropy", "MSELoss"]
+           "Linear", "Dropout", "SoftmaxCrossEntropy", "linear_cross_entropy", "LinearCrossEntropyResult", "MSELoss"]

@@ -227,6 +227,13 @@ def cmd_evaluate(argv: list[str]) -> int:
         from .tasks import get_task
 
         task = get_task(meta.get("task", "lm")).from_checkpoint(args.checkpoint)
+        if hasattr(task, "eval_splits"):  # lm: Task.evaluate returns {} for a split the corpus lacks
+            splits = task.eval_splits()
+            if {"val": "valid", "validation": "valid"}.get(args.split, args.split) not in splits:
+                if args.split == "test":
+                    raise ValueError(f"no 'test' split in corpus {task.corpus.name!r} (a text file is split "
+                                     "train/valid); use --split valid or --file")
+                raise ValueError(f"split {args.split!r}; expected one of {splits} (for other text, use --file)")
         metrics = task.evaluate(args.split)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0

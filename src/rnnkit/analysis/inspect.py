@@ -233,9 +233,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..models.base import Model
+    from ..models.language_model import LanguageModel
 
-    model = Model.load(args.checkpoint)
+    # any other model is refused: "holds a 'SequenceClassifier' model; expected LanguageModel"
+    model = LanguageModel.load(args.checkpoint)
     if getattr(getattr(model, "config", None), "level", "char") != "char":
         raise SystemExit(f"{args.checkpoint}: a {model.config.level}-level model; inspect shows character models")
     if args.string is not None:
@@ -260,7 +261,11 @@ def main(argv=None) -> int:
     """``python -m rnnkit.analysis.inspect``: the same as ``rnnkit inspect``."""
     parser = argparse.ArgumentParser(prog="rnnkit inspect")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+        parser.exit(2, f"rnnkit inspect: error: {exc}\n")
 
 
 if __name__ == "__main__":

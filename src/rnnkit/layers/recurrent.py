@@ -62,7 +62,7 @@ def init_normal(rng, shape, std, dtype):
 class _Recurrent(Layer):
     mode = "rnn"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
                  bidirectional: bool = False, dropout: float = 0.0, stateful: bool = False,
                  nonlinearity: str = "tanh", dtype=None, rng=None, seed=None, bias_hh: bool = True):
         super().__init__()
@@ -371,7 +371,8 @@ class _Recurrent(Layer):
 class RNN(_Recurrent):
     """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu).
 
-    Same arguments as ``torch.nn.RNN`` (batch-first), plus ``stateful`` for truncated BPTT.
+    The argument names of ``torch.nn.RNN`` (batch-first), plus ``stateful`` for truncated BPTT;
+    everything after ``num_layers`` goes by keyword, since the positional orders differ.
     """
 
     mode = "rnn"
@@ -385,10 +386,11 @@ class LSTM(_Recurrent):
 
     mode = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, bidirectional=False,
                  dropout=0.0, stateful=False, dtype=None, rng=None, seed=None, bias_hh=True):
-        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
-                         stateful, "tanh", dtype, rng, seed, bias_hh)
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
+                         dropout=dropout, stateful=stateful, nonlinearity="tanh", dtype=dtype, rng=rng,
+                         seed=seed, bias_hh=bias_hh)
 
 
 class GRU(_Recurrent):
@@ -396,7 +398,8 @@ class GRU(_Recurrent):
 
     mode = "gru"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, bidirectional=False,
                  dropout=0.0, stateful=False, dtype=None, rng=None, seed=None, bias_hh=True):
-        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
-                         stateful, "tanh", dtype, rng, seed, bias_hh)
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
+                         dropout=dropout, stateful=stateful, nonlinearity="tanh", dtype=dtype, rng=rng,
+                         seed=seed, bias_hh=bias_hh)

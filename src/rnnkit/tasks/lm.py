@@ -141,7 +141,16 @@ class LanguageModelTask:
         """Done in ``train_loss`` (see there)."""
 
     # -- evaluation ----------------------------------------------------------------------------
+    def eval_splits(self) -> list[str]:
+        """The splits :meth:`evaluate` measures: "valid", and "test" where the corpus has one
+        (ptb; a text file is split train/valid only). ``rnnkit evaluate`` checks its --split here."""
+        return [name for name, ids in (("valid", self.corpus.valid), ("test", self.corpus.test))
+                if ids is not None and len(ids) >= 2]
+
     def evaluate(self, split: str) -> dict[str, float]:
+        """Loss and perplexity on ``split``; {} where the corpus has no such split (the trainer
+        asks for "test" at the end of every run)."""
+        split = {"val": "valid", "validation": "valid"}.get(split, split)
         ids = {"valid": self.corpus.valid, "test": self.corpus.test}.get(split)
         if ids is None or len(ids) < 2:
             return {}
