@@ -260,3 +260,13 @@ def test_models_package_survives_a_missing_model_module():
 def test_bundled_corpus_is_there():
     text = bundled_text("tinyshakespeare")
     assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+
+
+def test_a_relative_corpus_path_is_kept_absolute(tmp_path, monkeypatch):
+    from rnnkit.tasks.lm import LMTaskConfig
+
+    (tmp_path / "text.txt").write_text("hello world\n" * 20, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert LMTaskConfig(corpus="text.txt").corpus == str(tmp_path / "text.txt")
+    assert LMTaskConfig(corpus="tinyshakespeare").corpus == "tinyshakespeare"
+    assert LMTaskConfig(corpus="ptb").corpus == "ptb"

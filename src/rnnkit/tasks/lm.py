@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..data.batching import RingBatcher, TBPTTBatcher
-from ..data.text import load_corpus, shared_data_dir
+from ..data.text import BUNDLED, load_corpus, shared_data_dir
 from ..data.vocab import Vocab
 from ..models.language_model import LanguageModel, LanguageModelArchitecture, LanguageModelConfig
+from .common import absolute_if_exists
 
 
 @dataclass
@@ -48,6 +49,9 @@ class LMTaskConfig(LanguageModelArchitecture, _CorpusFields):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.corpus not in BUNDLED and self.corpus != "ptb":  # a file: kept absolute (see absolute_if_exists)
+            self.corpus = absolute_if_exists(self.corpus)
+        self.data_dir = absolute_if_exists(self.data_dir)
         for name in ("batch_size", "bptt", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
