@@ -73,7 +73,38 @@ def test_file_is_plain_safetensors_with_json_metadata(tmp_path):
     with safe_open(path, framework="np") as f:
         assert list(f.keys()) == ["w"]
         meta = json.loads(f.metadata()["rnnkit"])
-        assert meta.pop("tensor_sha256") and meta == {"format_version": 1, "step": 2}
+        assert meta.pop("tensor_sha256") and meta.pop("meta_sha256") and meta == {"format_version": 2, "step": 2}
+
+
+def test_a_flipped_bit_in_the_metadata_is_refused(tmp_path):
+    """The tensors' checksum does not cover the metadata: a vocabulary letter or a config
+    number changed by one bit, still valid JSON, used to load as a different model."""
+    path = save_checkpoint(tmp_path / "a.safetensors", {"w": np.ones(3, np.float32)},
+                           {"vocab": ["a", "b"], "dropout": 0.0})
+    good = path.read_bytes()
+    for old, new in ((b'\\"a\\"', b'\\"`\\"'), (b"0.0", b"0.1")):  # the JSON string inside the header's JSON
+        assert good.count(old) == 1
+        path.write_bytes(good.replace(old, new))
+        with pytest.raises(CheckpointError, match="metadata does not match its SHA-256 checksum"):
+            load_checkpoint(path)
+    path.write_bytes(good)
+    assert load_checkpoint(path)[1] == {"vocab": ["a", "b"], "dropout": 0.0}
+
+
+def test_format_1_files_without_a_metadata_checksum_still_load(tmp_path):
+    from rnnkit.checkpoint import _digest
+    from safetensors.numpy import save
+
+    arrays = {"w": np.ones(3, np.float32)}
+    text = json.dumps({"format_version": 1, "tensor_sha256": _digest(arrays), "step": 7})
+    (tmp_path / "v1.safetensors").write_bytes(save(arrays, metadata={"rnnkit": text}))
+    tensors, meta = load_checkpoint(tmp_path / "v1.safetensors")
+    assert meta == {"step": 7} and tensors["w"].tolist() == [1, 1, 1]
+    # a format-2 file must have one
+    text = json.dumps({"format_version": 2, "tensor_sha256": _digest(arrays), "step": 7})
+    (tmp_path / "v2.safetensors").write_bytes(save(arrays, metadata={"rnnkit": text}))
+    with pytest.raises(CheckpointError, match="no meta_sha256 checksum"):
+        load_checkpoint(tmp_path / "v2.safetensors")
 
 
 @pytest.mark.parametrize("tensors, meta, message", [

@@ -71,6 +71,26 @@ def test_optimizer_state_round_trip():
     np.testing.assert_allclose(m1.params["weight"], m2.params["weight"])
 
 
+
+def test_optimizer_state_is_checked_before_anything_loads():
+    m = _model()
+    adam, sgd = optim.Adam(m, lr=0.01), optim.SGD(m, lr=0.1, momentum=0.9)
+    adam.step()
+    sgd.step()
+    fresh = optim.Adam(_model(), lr=0.5)
+    with pytest.raises(ValueError, match=r"Adam state 'weight.momentum': slot 'momentum' is not one of Adam's"):
+        fresh.load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match=r"SGD state 'weight.exp_avg': slot 'exp_avg'"):
+        optim.SGD(_model(), lr=0.1, momentum=0.9).load_state_dict(adam.state_dict())
+    bad = adam.state_dict()
+    bad["tensors"]["weight.exp_avg"] = np.zeros((1, 3))
+    with pytest.raises(ValueError, match=r"'weight.exp_avg' has shape \(1, 3\); expected \(2, 3\)"):
+        fresh.load_state_dict(bad)
+    with pytest.raises(ValueError, match="expected 'scalars' and 'tensors'"):
+        fresh.load_state_dict({"scalars": {"lr": 1.0, "step_count": 1}})
+    assert fresh.lr == 0.5 and fresh.step_count == 0 and fresh.state == {}  # nothing of a refused state kept
+
+
 def test_clip_grad_norm():
     m = _model()
     norm = math.sqrt(sum(float((g ** 2).sum()) for _, _, g in m.named_parameters()))

@@ -28,7 +28,8 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                  # 2: the metadata has a checksum too (1, without it, is still read)
+READABLE_VERSIONS = (1, 2)
 META_KEY = "rnnkit"                 # key in the safetensors __metadata__
 NPZ_META_KEY = "__rnnkit_meta__"    # 0-d string array in an .npz
 MAX_HEADER_BYTES = 100 * 2**20      # the safetensors library's own limit
@@ -119,11 +120,12 @@ def _encode(path: Path, tensors, meta) -> bytes:
     arrays = _prepare_tensors(tensors)
     if not isinstance(meta, dict):
         raise CheckpointError(f"meta is a {type(meta).__name__}; expected a dict of JSON-able data")
-    for reserved in ("format_version", "tensor_sha256"):
+    for reserved in ("format_version", "tensor_sha256", "meta_sha256"):
         if reserved in meta:
             raise CheckpointError(f"meta key {reserved!r} is reserved for the file format")
+    body = _plain(meta, "meta")
     text = json.dumps({"format_version": FORMAT_VERSION, "tensor_sha256": _digest(arrays),
-                       **_plain(meta, "meta")})
+                       "meta_sha256": _meta_digest(body), **body})
     if path.suffix == ".npz":
         return _npz_bytes({**arrays, NPZ_META_KEY: np.array(text)})
     return _st_save(arrays, metadata={META_KEY: text})
@@ -138,6 +140,13 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
         h.update(f"{name}|{arr.dtype.newbyteorder('<').str}|{arr.shape}|".encode())
         h.update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
     return h.hexdigest()
+
+
+def _meta_digest(body: dict) -> str:
+    """SHA-256 over the metadata (config, vocabulary, trainer state) as canonical JSON: a
+    flipped bit there that still parses would otherwise load a different model silently."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _prepare_tensors(tensors) -> dict[str, np.ndarray]:
@@ -327,8 +336,14 @@ def _decode_meta(text: str) -> dict:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"format version {version} is newer than this rnnkit reads ({FORMAT_VERSION}); "
                               "upgrade rnnkit")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"unknown format version {version}; this rnnkit reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"unknown format version {version}; this rnnkit reads {list(READABLE_VERSIONS)}")
+    if version >= 2:
+        digest = meta.pop("meta_sha256", None)
+        if not isinstance(digest, str):
+            raise CheckpointError("metadata has no meta_sha256 checksum")
+        if digest != _meta_digest({k: v for k, v in meta.items() if k != "tensor_sha256"}):
+            raise CheckpointError("metadata does not match its SHA-256 checksum (corrupted file)")
     return meta
 
 

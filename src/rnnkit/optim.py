@@ -64,6 +64,8 @@ def clip_grad_norm(model, max_norm: float) -> float:
 
 
 class Optimizer:
+    slots: tuple[str, ...] = ()  # the per-parameter state it keeps (checked when a state is loaded)
+
     def __init__(self, model, lr: float):
         if not lr > 0:
             raise ValueError(f"learning rate {lr!r}; expected lr > 0")
@@ -95,20 +97,35 @@ class Optimizer:
         return {"scalars": {"lr": self.lr, "step_count": self.step_count}, "tensors": tensors}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict`, all or nothing: every tensor must belong to a parameter of the
+        model, be one of this optimizer's ``slots`` and have its parameter's shape."""
+        kind = type(self).__name__
+        if not isinstance(state, dict) or not {"scalars", "tensors"} <= set(state):
+            raise ValueError(f"{kind} state is {type(state).__name__} with keys "
+                             f"{sorted(state) if isinstance(state, dict) else '-'}; expected 'scalars' and 'tensors'")
+        names = {name: p for name, p, _ in self.model.named_parameters()}
+        loaded = {}
+        for key, value in state["tensors"].items():
+            name, _, slot = key.rpartition(".")
+            if name not in names:
+                raise KeyError(f"{kind} state for unknown parameter {name!r}")
+            if slot not in self.slots:
+                raise ValueError(f"{kind} state {key!r}: slot {slot!r} is not one of {kind}'s {list(self.slots)} "
+                                 "(a state saved by another optimizer?)")
+            if tuple(value.shape) != tuple(names[name].shape):
+                raise ValueError(f"{kind} state {key!r} has shape {tuple(value.shape)}; expected "
+                                 f"{tuple(names[name].shape)}, its parameter's")
+            xp = backend.get_array_module(names[name])
+            loaded.setdefault(name, {})[slot] = xp.asarray(value, dtype=names[name].dtype)
         self.lr = float(state["scalars"]["lr"])
         self.step_count = int(state["scalars"]["step_count"])
-        names = {name: p for name, p, _ in self.model.named_parameters()}
-        self.state = {}
-        for key, value in state["tensors"].items():
-            name, slot = key.rsplit(".", 1)
-            if name not in names:
-                raise KeyError(f"optimizer state for unknown parameter {name!r}")
-            xp = backend.get_array_module(names[name])
-            self.state.setdefault(name, {})[slot] = xp.asarray(value, dtype=names[name].dtype)
+        self.state = loaded
 
 
 class SGD(Optimizer):
     """``v = mu v + g``; ``p -= lr * (g + mu v if nesterov else v)`` (PyTorch's form)."""
+
+    slots = ("momentum",)
 
     def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(model, lr)
@@ -134,6 +151,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is L2 added to the gradient."""
 
     decoupled = False
+    slots = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(model, lr)

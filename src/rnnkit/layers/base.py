@@ -74,14 +74,13 @@ class Layer:
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
-        for name, value in state.items():
-            if name not in own:
-                continue
-            param = own[name][0]
+        pairs = [(name, own[name][0], value) for name, value in state.items() if name in own]
+        for name, param, value in pairs:  # every shape before any copy: all or nothing
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(
                     f"parameter {name!r} has shape {tuple(value.shape)}; expected {tuple(param.shape)}"
                 )
+        for _, param, value in pairs:
             xp = backend.get_array_module(param)
             param[...] = xp.asarray(value, dtype=param.dtype)
 

@@ -91,7 +91,10 @@ class Model(Layer):
 
     @classmethod
     def load(cls, path, dtype=None) -> "Model":
-        """Rebuild a saved model. ``Model.load`` dispatches on the class name in the file."""
+        """Rebuild a saved model. ``Model.load`` dispatches on the class name in the file.
+
+        ``dtype``: cast the weights to it; None keeps the file's own (a float64 model comes
+        back float64)."""
         from ..checkpoint import CheckpointError, load_checkpoint
         from ..config import from_dict
 
@@ -99,11 +102,20 @@ class Model(Layer):
         # a training checkpoint also holds optimizer state ("optim.*"): not the model's
         tensors = {n: v for n, v in tensors.items() if not n.startswith(TRAINER_PREFIX)}
         name = meta.get("model")
-        target = MODEL_REGISTRY.get(name) if cls is Model else cls
+        target = MODEL_REGISTRY.get(name) if cls is Model and isinstance(name, str) else cls
         if target is None or name != target.__name__:
             raise CheckpointError(f"{path}: holds a {name!r} model; expected {cls.__name__}")
-        config = from_dict(target.config_class, meta.get("config", {}))
-        model = target.from_extra_state(config, meta.get("extra", {}))
+        config, extra = meta.get("config", {}), meta.get("extra", {})
+        for key, value in (("config", config), ("extra", extra)):
+            if not isinstance(value, dict):
+                raise CheckpointError(f"{path}: its {key!r} is a {type(value).__name__}; expected an object")
+        try:
+            model = target.from_extra_state(from_dict(target.config_class, config), extra)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a file's content, not a bug here
+            raise CheckpointError(f"{path}: cannot rebuild the {name} it holds ({type(e).__name__}: {e})") from None
+        if dtype is None:  # the file's own float32 or float64
+            floats = {v.dtype for v in tensors.values() if v.dtype.kind == "f"}
+            dtype = floats.pop() if len(floats) == 1 and floats <= {np.dtype(np.float32), np.dtype(np.float64)} else None
         expected = {n: p for n, p, _ in model.named_parameters()}
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
@@ -111,7 +123,7 @@ class Model(Layer):
         for n, value in tensors.items():
             if value.shape != expected[n].shape:
                 raise CheckpointError(f"{path}: tensor {n!r} has shape {value.shape}; expected {expected[n].shape}")
-        if dtype is not None:
+        if dtype is not None and np.dtype(dtype) != model.dtype:
             model.to(dtype=dtype)
         model.load_state_dict({n: np.asarray(v) for n, v in tensors.items() if n in expected})
         return model
