@@ -50,6 +50,10 @@ def test_pure_rules_on_logits():
     np.testing.assert_array_equal(np.isfinite(top_p_filter(LOGITS, 0.96)), [True, True, True, True])
     kept = softmax(top_p_filter(LOGITS, 0.6))
     np.testing.assert_allclose(kept, [0.625, 0.375, 0, 0])  # renormalised
+    # exactly at the threshold: 0.5 + 0.2 + 0.2 is 0.8999999999999999 in floats, and is the nucleus of 0.9
+    edge = np.log(np.array([0.5, 0.2, 0.2, 0.1]))
+    np.testing.assert_array_equal(np.isfinite(top_p_filter(edge, 0.9)), [True, True, True, False])
+    np.testing.assert_array_equal(np.isfinite(top_p_filter(edge, 0.9000001)), [True, True, True, True])
 
 
 def test_sampling_frequencies():

@@ -237,6 +237,18 @@ def test_command_line_writes_csv_and_png(tmp_path):
     assert (tmp_path / "out" / "gradflow_activations.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("flag, value, message", [("--batch", "0", "--batch 0; expected an integer >= 1"),
+                                                  ("--hidden-size", "-1", "--hidden-size -1; expected"),
+                                                  ("--train-steps", "-3", "--train-steps -3; expected an integer >= 0")])
+def test_command_line_names_a_bad_size(tmp_path, flag, value, message):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    gf.add_arguments(parser)
+    with pytest.raises(SystemExit, match=message):
+        gf.run(parser.parse_args([flag, value, "--out", str(tmp_path / "out")]))
+
+
 # ----------------------------------------------------------------------------- memory tasks
 from rnnkit.analysis import memory_tasks as mt  # noqa: E402
 

@@ -107,6 +107,21 @@ def test_page_is_self_contained_and_escapes_the_text(tmp_path):
         ins.write_page(model, "a" * (ins.MAX_CHARS + 1), tmp_path / "big.html", vocab=vocab)
 
 
+
+def test_characters_outside_the_vocabulary_are_shown_and_measured_as_themselves(tmp_path):
+    """A model whose vocabulary lacks '"' and '(' still gets a page about the text typed: those
+    characters go in as <unk>, but the page shows them and the quote and bracket properties see them."""
+    vocab = Vocab.build("abc \n", specials=("<unk>",))
+    model = gf.CharModel(len(vocab), hidden_size=8, embedding_size=4, cell="lstm", seed=0)
+    text = 'ab "c (a) b" ca\nbc (ab "a" c) a'
+    page = ins.write_page(model, text, tmp_path / "page.html", vocab=vocab).read_text()
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert "".join(data["tokens"]) == text and "<unk>" not in data["tokens"]
+    assert {c["property"] for c in data["correlations"]} == set(ins.PROPERTIES)
+    with pytest.raises(ValueError, match="top_k -2; expected an integer >= 1"):
+        ins.write_page(model, text, tmp_path / "k.html", vocab=vocab, top_k=-2)
+
+
 # ----------------------------------------------------------------------------- the browser
 def find_chromium() -> str | None:
     override = os.environ.get("RNNKIT_CHROMIUM")

@@ -270,3 +270,18 @@ def test_a_relative_corpus_path_is_kept_absolute(tmp_path, monkeypatch):
     assert LMTaskConfig(corpus="text.txt").corpus == str(tmp_path / "text.txt")
     assert LMTaskConfig(corpus="tinyshakespeare").corpus == "tinyshakespeare"
     assert LMTaskConfig(corpus="ptb").corpus == "ptb"
+
+
+def test_max_eval_tokens_caps_validation_only():
+    """The cap speeds up in-training checks; the test figure of result.json reads the whole
+    split, as `rnnkit evaluate` does (the two used to disagree)."""
+    from rnnkit.tasks.lm import LanguageModelTask, LMTaskConfig
+
+    corpus = load_corpus("tinyshakespeare", level="char", split=(0.98, 0.01, 0.01))
+    cfg = LMTaskConfig(corpus="tinyshakespeare", hidden_size=8, embedding_size=4, bptt=16, eval_batch_size=4,
+                       max_eval_tokens=200)
+    task = LanguageModelTask(cfg, corpus, seed=0)
+    assert task.evaluate("valid")["tokens"] <= 200
+    assert task.evaluate("test")["tokens"] > 5000
+    with pytest.raises(ValueError, match="max_eval_tokens -5; expected an integer >= 0"):
+        LMTaskConfig(max_eval_tokens=-5)

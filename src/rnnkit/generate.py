@@ -75,7 +75,8 @@ def top_p_filter(logits, p: float) -> np.ndarray:
     probs = softmax(z)
     order = np.argsort(-probs, kind="stable")
     cumulative = np.cumsum(probs[order])
-    keep = order[: int(np.searchsorted(cumulative, p)) + 1]
+    # 1e-9 of slack: [0.5, 0.2, 0.2, 0.1] sums to 0.8999999999999999 after three, which must count as 0.9
+    keep = order[: min(int(np.searchsorted(cumulative, p - 1e-9)), len(order) - 1) + 1]
     out = np.full_like(z, -np.inf)
     out[keep] = z[keep]
     return out

@@ -437,6 +437,10 @@ def run(args) -> int:
     out = Path(args.out)
     if args.seq_len < 1:
         raise SystemExit(f"--seq-len {args.seq_len}; need T >= 1")
+    for flag, value, least in (("--batch", args.batch, 1), ("--hidden-size", args.hidden_size, 1),
+                               ("--train-steps", args.train_steps, 0)):
+        if value < least:
+            raise SystemExit(f"{flag} {value}; expected an integer >= {least}")
     if args.checkpoint:
         return _run_checkpoint(args, out)
     text = _load_text(args)

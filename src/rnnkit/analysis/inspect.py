@@ -159,14 +159,18 @@ def _quantise(values: np.ndarray, kind: str) -> tuple[str, list[float]]:
 
 
 def page_data(model, ids, vocab_tokens: list[str], title: str = "rnnkit inspect", meta: str = "",
-              top_k: int = 5) -> dict:
-    """Everything the page shows, JSON-able. ids: (T,) token ids of the text; vocab_tokens: id -> token."""
+              top_k: int = 5, chars: list[str] | None = None) -> dict:
+    """Everything the page shows, JSON-able. ids: (T,) token ids of the text; vocab_tokens: id -> token;
+    chars: the text's own characters, one per id, shown and used for the text's properties
+    (default: the vocabulary's tokens, where a character outside it reads ``<unk>``)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if ids.size < 2:
         raise ValueError(f"text of {ids.size} tokens; need at least 2")
+    if chars is not None and len(chars) != ids.size:
+        raise ValueError(f"{len(chars)} characters for {ids.size} token ids; expected one each")
     x = backend.to_numpy(model.encoder.params["weight"])[ids]
     sources = activation_sources(model.rnn, x)
-    tokens = [vocab_tokens[i] for i in ids]
+    tokens = list(chars) if chars is not None else [vocab_tokens[i] for i in ids]
     top_layer = len(step_cells(model.rnn)) - 1
     pred_ids, pred_probs = predictions(model, next(s.values for s in sources if s.name == f"h{top_layer}"), top_k)
     encoded = []
@@ -194,7 +198,8 @@ def write_page(model, text: str, path, vocab=None, title: str | None = None, top
     """Write the inspect page of a character model for ``text``.
 
     model: encoder/rnn/decoder (rnnkit's LanguageModel); vocab: a ``Vocab`` or its dict
-    (default ``model.vocab``). Characters outside the vocabulary map to ``<unk>`` where it has one.
+    (default ``model.vocab``). Characters outside the vocabulary go in as ``<unk>`` where it has
+    one; the page shows, and measures the text's properties on, the text's own characters.
     """
     from ..checkpoint import write_text_atomic
 
@@ -206,6 +211,8 @@ def write_page(model, text: str, path, vocab=None, title: str | None = None, top
     vocab = Vocab.from_dict(vocab) if isinstance(vocab, dict) else vocab
     if len(text) > MAX_CHARS:
         raise ValueError(f"text of {len(text)} characters; at most {MAX_CHARS} (the page holds every activation)")
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k {top_k!r}; expected an integer >= 1 (predictions listed per character)")
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -213,7 +220,7 @@ def write_page(model, text: str, path, vocab=None, title: str | None = None, top
         H = model.rnn.hidden_size
         meta = (f"{type(model).__name__}: {_mode(model.rnn).upper()}, {getattr(model.rnn, 'num_layers', 1)} layer(s), "
                 f"hidden size {H}, vocabulary {len(vocab)}; text of {len(text)} characters")
-        data = page_data(model, ids, list(vocab.itos), title or "rnnkit inspect", meta, top_k)
+        data = page_data(model, ids, list(vocab.itos), title or "rnnkit inspect", meta, top_k, chars=list(text))
     finally:
         model.train(was_training)
     return write_text_atomic(path, render_html(data))

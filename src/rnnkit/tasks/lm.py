@@ -40,7 +40,8 @@ class _CorpusFields:
                 "ring: the streams read on around the corpus across epochs, the state is never reset and the "
                 "chunk edges move each epoch (Deep Learning from Scratch 2's trainer)"})
     eval_batch_size: int = field(default=10, metadata={"help": "parallel streams for evaluation"})
-    max_eval_tokens: int = field(default=0, metadata={"help": "evaluate on at most this many tokens (0: all)"})
+    max_eval_tokens: int = field(default=0, metadata={
+        "help": "validate on at most this many tokens (0: all); the test split is always read whole"})
 
 
 @dataclass
@@ -55,6 +56,9 @@ class LMTaskConfig(LanguageModelArchitecture, _CorpusFields):
         for name in ("batch_size", "bptt", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 1")
+        for name in ("max_eval_tokens", "max_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}; expected an integer >= 0 (0: all)")
         if self.level not in ("", "char", "word"):
             raise ValueError(f"level {self.level!r}; expected 'char', 'word' or '' (the corpus's own)")
         if self.batching not in ("reset", "ring"):
@@ -158,8 +162,8 @@ class LanguageModelTask:
         ids = {"valid": self.corpus.valid, "test": self.corpus.test}.get(split)
         if ids is None or len(ids) < 2:
             return {}
-        return evaluate_ids(self.model, ids, self.config.eval_batch_size, self.config.bptt,
-                            self.config.max_eval_tokens)
+        cap = self.config.max_eval_tokens if split == "valid" else 0  # a test figure reads the whole split
+        return evaluate_ids(self.model, ids, self.config.eval_batch_size, self.config.bptt, cap)
 
 
 def evaluate_ids(model: LanguageModel, ids: np.ndarray, batch_size: int, bptt: int, max_tokens: int = 0) -> dict:
