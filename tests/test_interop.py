@@ -277,3 +277,42 @@ def test_language_model_trained_in_rnnkit_runs_in_torch(tmp_path):
     again = load_torch_safetensors(path, vocab=ours.vocab)
     assert again.vocab == ours.vocab
     _close(again.predict(ids)[0], logits, tol=0)
+
+
+def test_state_dict_weights_of_wrong_rank_are_explained():
+    gru = torch_state_dict(GRU(3, 5, num_layers=2, seed=0))
+    for key, shape in (("weight_ih_l0", (15, 3, 1)), ("weight_hh_l0", (15,)), ("weight_ih_l0", (0, 3))):
+        with pytest.raises(ValueError, match=rf"'{key}' has shape .*; expected a 2-d weight matrix"):
+            from_torch({**gru, key: np.zeros(shape, np.float32)})
+    with pytest.raises(ValueError, match="state_dict lacks 'weight_hh_l0'"):
+        from_torch({k: v for k, v in gru.items() if k != "weight_hh_l0"})
+    cell = torch_state_dict(LSTMCell(3, 5, seed=0))
+    with pytest.raises(ValueError, match=r"'weight_ih' has shape \(20, 3, 1\); expected a 2-d weight matrix"):
+        from_torch({**cell, "weight_ih": np.zeros((20, 3, 1), np.float32)})
+
+
+@pytest.mark.parametrize("as_state_dict", [False, True])
+def test_bfloat16_module_is_read_as_float32(as_state_dict):
+    torch = _torch()
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True).bfloat16()
+    ours = from_torch(module.state_dict() if as_state_dict else module)
+    assert ours.dtype == np.float32
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(ours.params[name], value.float().numpy())  # bf16 -> f32 is exact
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref, _ = module.float()(torch.from_numpy(x))
+    _close(ours.forward(x)[0], ref.numpy())
+
+
+def test_bfloat16_safetensors_is_read_as_float32(tmp_path):
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    module = torch.nn.GRU(3, 4).bfloat16()
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp_path / "gru.safetensors"))
+    ours = load_torch_safetensors(tmp_path / "gru.safetensors")
+    assert isinstance(ours, GRU) and ours.dtype == np.float32
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(ours.params[name], value.float().numpy())

@@ -57,9 +57,27 @@ def _to_numpy_dict(state: Mapping) -> dict[str, np.ndarray]:
     out = {}
     for name, value in state.items():
         if hasattr(value, "detach"):  # a torch tensor
-            value = value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            try:
+                value = value.numpy()
+            except TypeError as exc:  # a dtype NumPy has not: bfloat16, the float8 types
+                if not value.is_floating_point():
+                    raise TypeError(f"state_dict entry {str(name)!r} has torch dtype {value.dtype}, which NumPy "
+                                    "cannot hold; convert it to a standard dtype first") from exc
+                value = value.float().numpy()  # exact: float32 holds every bfloat16 / float8 value
         out[str(name)] = np.asarray(value)
     return out
+
+
+def _matrix_shape(state: dict[str, np.ndarray], key: str, prefix: str = "") -> tuple[int, int]:
+    """The (rows, columns) of the 2-d weight ``state[key]``; an error naming it (``prefix + key``,
+    as the caller's state_dict spells it) if it is absent, not 2-d or empty."""
+    if key not in state:
+        raise ValueError(f"state_dict lacks {prefix + key!r}")
+    shape = tuple(state[key].shape)
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(f"{prefix + key!r} has shape {shape}; expected a 2-d weight matrix with no empty axis")
+    return shape
 
 
 def _float_dtype(arrays: dict, dtype):
@@ -70,14 +88,14 @@ def _float_dtype(arrays: dict, dtype):
 
 
 # ----------------------------------------------------------------------------- inference from names
-def _layer_spec(state: dict[str, np.ndarray], nonlinearity: str) -> dict:
+def _layer_spec(state: dict[str, np.ndarray], nonlinearity: str, prefix: str = "") -> dict:
     """Constructor arguments of the RNN/LSTM/GRU layer whose PyTorch state_dict is ``state``."""
     bad = [k for k in state if not _LAYER_KEY.match(k)]
     if bad or "weight_ih_l0" not in state:
         raise ValueError(f"not a recurrent layer's state_dict: unexpected keys {bad[:5]}"
                          + ("" if "weight_ih_l0" in state else ", no 'weight_ih_l0'"))
-    G, D = state["weight_ih_l0"].shape
-    H = state["weight_hh_l0"].shape[1]
+    G, D = _matrix_shape(state, "weight_ih_l0", prefix)
+    H = _matrix_shape(state, "weight_hh_l0", prefix)[1]
     if G % H or G // H not in MODES:
         raise ValueError(f"weight_ih_l0 has {G} rows for hidden size {H}; expected 1, 3 or 4 times H "
                          "(RNN, GRU, LSTM); projections (proj_size) are not supported")
@@ -96,8 +114,8 @@ def _build_layer(spec: dict, dtype, dropout: float = 0.0):
 
 
 def _cell_from_state(state: dict[str, np.ndarray], nonlinearity: str, dtype):
-    G, D = state["weight_ih"].shape
-    H = state["weight_hh"].shape[1]
+    G, D = _matrix_shape(state, "weight_ih")
+    H = _matrix_shape(state, "weight_hh")[1]
     if G % H or G // H not in MODES:
         raise ValueError(f"weight_ih has {G} rows for hidden size {H}; expected 1, 3 or 4 times H")
     mode = MODES[G // H]
@@ -126,8 +144,8 @@ def _language_model_from_state(state, nonlinearity, vocab, level, dtype, dropout
     from ..models.language_model import LanguageModel, LanguageModelConfig
 
     rnn_state = {k[4:]: v for k, v in state.items() if k.startswith("rnn.")}
-    spec = _layer_spec(rnn_state, nonlinearity)
-    V, E = state["encoder.weight"].shape
+    spec = _layer_spec(rnn_state, nonlinearity, "rnn.")
+    V, E = _matrix_shape(state, "encoder.weight")
     if tie_weights is None:  # absent (deduplicated on save) or identical: tied
         tie_weights = "decoder.weight" not in state or np.array_equal(state["decoder.weight"], state["encoder.weight"])
     vocab = _vocab_dict(vocab, int(V))
@@ -165,7 +183,9 @@ def from_torch(obj, *, nonlinearity: str | None = None, vocab=None, level: str =
     of these (torch tensors or NumPy arrays). The kind is read from the parameter names.
     nonlinearity: for a vanilla RNN given as a state_dict ("tanh" default; a module says it).
     vocab: a language model's ``Vocab`` or token list. dtype: default the weights' own
-    (float64 stays float64, anything else becomes float32).
+    (float64 stays float64, anything else becomes float32; bfloat16 and float8 tensors, which
+    NumPy has no dtype for, are converted through float32 exactly, so a ``.bfloat16()``
+    module comes out as a float32 layer with the same values).
     The result is batch-first: feed ``x.transpose(0, 1)`` where torch ran sequence-first.
     """
     if _is_torch_module(obj):
@@ -316,13 +336,46 @@ def load_torch_safetensors(path, **kwargs):
     """:func:`from_torch` on a PyTorch ``state_dict`` saved as safetensors; needs no torch.
 
     kwargs: ``nonlinearity``, ``vocab``, ``level``, ``dtype`` as for :func:`from_torch`.
+    bfloat16 tensors (which ``safetensors.numpy`` cannot read) are converted to float32, exactly.
     """
-    from safetensors.numpy import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return from_torch(load_file(str(path)), **kwargs)
+    return from_torch(_load_safetensors(path), **kwargs)
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """``safetensors.numpy.load_file``, except that bfloat16 tensors (a ``.bfloat16()`` module's),
+    which NumPy has no dtype for, are read as float32 (exactly: a bfloat16 is the top half of one)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except TypeError:  # "data type 'bfloat16' not understood"
+        pass
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data_start = 8 + n
+    out = {}
+    with safe_open(str(path), framework="numpy") as st:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info.get("dtype") == "BF16":
+                lo, hi = info["data_offsets"]
+                raw = np.fromfile(path, dtype="<u2", count=(hi - lo) // 2, offset=data_start + lo)
+                out[name] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+            else:
+                try:
+                    out[name] = st.get_tensor(name)
+                except TypeError as exc:
+                    raise TypeError(f"{path}: tensor {name!r} has dtype {info.get('dtype')}, which NumPy cannot "
+                                    "hold; save it as float32 (or bfloat16) instead") from exc
+    return out
 
 
 def save_torch_safetensors(obj, path) -> Path:

@@ -1,6 +1,8 @@
 """Input validation shared by the layers: errors name the value and what was expected."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import backend
@@ -44,3 +46,37 @@ def check_int_input(ids, name: str, high: int):
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} contains id {bad}; expected ids in [0, {high - 1}]")
     return ids
+
+
+def check_size(value, name: str, low: int = 1) -> int:
+    """A constructor's size argument: any integer (``int``, ``np.int64``, ...) >= ``low``,
+    not a bool nor a float; returned as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} {value!r}; expected an integer >= {low}")
+    return int(value)
+
+
+def check_flag(value, name: str) -> bool:
+    """A constructor's on/off argument: a bool (or NumPy bool), not a truthy string or int."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} {value!r}; expected True or False")
+    return bool(value)
+
+
+def check_probability(value, name: str) -> float:
+    """A dropout probability: a real number in [0, 1) (not a bool nor a string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} {value!r}; expected a float with 0 <= {name} < 1")
+    return float(value)
+
+
+def check_grad_shape(g, name: str, shape: tuple, what: str = ""):
+    """A gradient handed to a backward: an array of exactly ``shape`` (no broadcasting).
+
+    Only the shape is looked at (no scan of the values): it runs once per backward call."""
+    got = getattr(g, "shape", None)
+    if got is None:
+        raise ValueError(f"{name} is a {type(g).__name__}; expected an array of shape {shape}{what}")
+    if tuple(got) != shape:
+        raise ValueError(f"{name} has shape {tuple(got)}; expected {shape}{what}")
+    return g

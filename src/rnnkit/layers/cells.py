@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from ._checks import check_float_input
+from ._checks import check_flag, check_float_input, check_grad_shape, check_size
 from .base import Layer
 from .recurrent import init_uniform
 from .unroll import GATES, unroll_backward, unroll_forward
@@ -26,9 +26,8 @@ class _Cell(Layer):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  dtype=None, rng=None, seed=None):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+        input_size, hidden_size = check_size(input_size, "input_size"), check_size(hidden_size, "hidden_size")
+        bias = check_flag(bias, "bias")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
         self.input_size, self.hidden_size, self.bias, self.nonlinearity = input_size, hidden_size, bias, nonlinearity
@@ -80,17 +79,31 @@ class _Cell(Layer):
     def backward(self, dstate, dc=None):
         """Back through the most recent un-backpropagated step.
 
-        dstate: gradient of the new state (LSTM: tuple (dh, dc), dc may be None; or
-        ``backward(dh, dc)``).
+        dstate: gradient of the new state, (B, H) exactly as the step's state (LSTM: tuple
+        (dh, dc), dc may be None; or ``backward(dh, dc)``); None: zeros. A shape that is not
+        the step's is a ValueError (and the step stays cached), never a broadcast.
         Returns (dx (B, input_size), dstate_prev) — the gradient of the previous state.
         """
         if not self._stack:
             raise RuntimeError("backward called more times than forward")
-        cache = self._stack.pop()
+        cache = self._stack[-1]
+        shape = tuple(cache.Hs.shape[1:])  # (B, H) of the step
         if self.mode == "lstm" and isinstance(dstate, (tuple, list)):
+            if len(dstate) != 2 or dc is not None:
+                raise ValueError("LSTMCell.backward takes dstate (dh, dc) or backward(dh, dc); got "
+                                 + (f"a {type(dstate).__name__} of length {len(dstate)}" if len(dstate) != 2
+                                    else "dc twice, in the tuple and as an argument"))
             dh, dc = dstate
         else:
+            if self.mode != "lstm" and dc is not None:
+                raise ValueError(f"dc given to a {type(self).__name__}, which has no cell state")
             dh = dstate
+        if dh is not None:
+            check_grad_shape(dh, "dstate dh" if self.mode == "lstm" else "dstate", shape,
+                             " (batch, hidden_size) of the step")
+        if dc is not None:
+            check_grad_shape(dc, "dstate dc", shape, " (batch, hidden_size) of the step")
+        self._stack.pop()
         dX, dh0, dc0 = unroll_backward(cache, None, dh, dc, self.grads,
                                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         return dX[0], ((dh0, dc0) if self.mode == "lstm" else dh0)

@@ -1,8 +1,12 @@
 """Embedding lookup: ``y[b, t] = W[ids[b, t]]``."""
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from .. import backend
-from ._checks import check_int_input
+from ._checks import check_grad_shape, check_int_input, check_size
 from .base import Layer
 from .recurrent import init_normal
 
@@ -25,9 +29,13 @@ class Embedding(Layer):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  dtype=None, rng=None, seed=None, init_std: float = 1.0):
         super().__init__()
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+        num_embeddings = check_size(num_embeddings, "num_embeddings")
+        embedding_dim = check_size(embedding_dim, "embedding_dim")
+        if padding_idx is not None:
+            if isinstance(padding_idx, (bool, np.bool_)) or not isinstance(padding_idx, numbers.Integral):
+                raise ValueError(f"padding_idx {padding_idx!r}; expected an integer id in "
+                                 f"[0, {num_embeddings - 1}] or None")
+            padding_idx = int(padding_idx)
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx {padding_idx}; expected an id in [0, {num_embeddings - 1}]")
         if padding_idx is not None and padding_idx < 0:
@@ -54,6 +62,7 @@ class Embedding(Layer):
         ids = self._ids
         if ids is None:
             raise RuntimeError("backward called before forward")
+        check_grad_shape(dy, "dy", tuple(ids.shape) + (self.embedding_dim,), " (the shape of the output)")
         xp = self.xp
         flat = ids.reshape(-1)
         dy2 = dy.reshape(-1, self.embedding_dim)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from .. import backend, kernels
-from ._checks import check_float_input
+from ._checks import check_flag, check_float_input, check_grad_shape, check_size
 from .base import Layer
 from .recurrent import init_uniform
 
@@ -17,9 +17,8 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, rng=None, seed=None):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
+        in_features, out_features = check_size(in_features, "in_features"), check_size(out_features, "out_features")
+        bias = check_flag(bias, "bias")
         self.in_features, self.out_features = in_features, out_features
         dtype = dtype or backend.get_default_dtype()
         rng = rng if rng is not None else backend.default_rng(seed)
@@ -65,6 +64,7 @@ class Linear(Layer):
         x = self._x
         if x is None:
             raise RuntimeError("backward called before forward")
+        check_grad_shape(dy, "dy", x.shape[:-1] + (self.out_features,), " (the shape of y)")
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         self.accumulate_grads(dy2, x2)

@@ -11,12 +11,20 @@ from .base import Layer
 from .linear import Linear
 
 
-def _check_targets(xp, targets, shape, against: str) -> None:
+def _check_targets(xp, targets, shape, against: str):
+    """``targets`` as an array (a list or other array-like is converted), checked against ``shape``."""
+    if not hasattr(targets, "shape") or not hasattr(targets, "dtype"):
+        try:
+            targets = xp.asarray(targets)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"targets are a {type(targets).__name__}; expected an integer array of shape "
+                             f"{tuple(shape)}") from exc
     if tuple(targets.shape) != tuple(shape):
         raise ValueError(f"targets have shape {tuple(targets.shape)}; expected {tuple(shape)} "
                          f"({against} without the class axis)")
     if not xp.issubdtype(targets.dtype, xp.integer):
         raise ValueError(f"targets have dtype {targets.dtype}; expected integer class ids")
+    return targets
 
 
 def _counted_targets(xp, targets, mask, ignore_index, V):
@@ -26,6 +34,8 @@ def _counted_targets(xp, targets, mask, ignore_index, V):
     if ignore_index is not None:
         valid &= t != ignore_index
     if mask is not None:
+        if not hasattr(mask, "shape"):
+            mask = xp.asarray(mask)
         if tuple(mask.shape) != tuple(targets.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(targets.shape)}")
         valid &= mask.reshape(-1).astype(bool)
@@ -85,7 +95,7 @@ class SoftmaxCrossEntropy(Layer):
         xp = backend.get_array_module(logits)
         check_float_input(logits, "logits", logits.ndim, None, logits.dtype, check_finite=False)
         V = logits.shape[-1]
-        _check_targets(xp, targets, logits.shape[:-1], "logits")
+        targets = _check_targets(xp, targets, logits.shape[:-1], "logits")
         z = logits.reshape(-1, V)
         t_safe, valid = _counted_targets(xp, targets, mask, self.ignore_index, V)
         # fused log-softmax: one (N, V) buffer holds exp(z - max), and in backward the
@@ -182,7 +192,7 @@ def linear_cross_entropy(linear: Linear, x, targets, mask=None, *, ignore_index:
         raise ValueError(f"x has shape {getattr(x, 'shape', None)}; expected (..., {H})")
     check_float_input(x, "x", x.ndim, H, W.dtype, check_finite=False)
     xp = backend.get_array_module(x)
-    _check_targets(xp, targets, x.shape[:-1], "x")
+    targets = _check_targets(xp, targets, x.shape[:-1], "x")
     t, valid = _counted_targets(xp, targets, mask, ignore_index, V)
     x2 = xp.ascontiguousarray(x.reshape(-1, H))
     N = x2.shape[0]
@@ -264,9 +274,17 @@ class MSELoss(Layer):
         self._cache = None
 
     def forward(self, pred, target, mask=None) -> float:
+        """pred, target: equal shapes (...). mask: None, or bool/0-1 values over pred's leading
+        axes, of shape ``pred.shape[:mask.ndim]`` (e.g. (B, T) for (B, T, D)), broadcast over the rest."""
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"pred has shape {tuple(pred.shape)} but target {tuple(target.shape)}; expected equal shapes")
         xp = backend.get_array_module(pred)
+        if mask is not None:
+            if not hasattr(mask, "shape"):
+                mask = xp.asarray(mask)
+            if mask.ndim > pred.ndim or tuple(mask.shape) != tuple(pred.shape[:mask.ndim]):
+                raise ValueError(f"mask has shape {tuple(mask.shape)}; expected pred's leading axes, e.g. "
+                                 f"{tuple(pred.shape[:-1])} for pred {tuple(pred.shape)}")
         diff = pred - target
         if mask is None:
             w = None
@@ -280,6 +298,8 @@ class MSELoss(Layer):
         return float((diff * diff).sum() / max(count, 1))
 
     def backward(self, dloss: float = 1.0):
+        if self._cache is None:
+            raise RuntimeError("backward called before forward")
         diff, count = self._cache
         return diff * (2.0 * dloss / count)
 

@@ -27,7 +27,8 @@ import math
 import numpy as np
 
 from .. import backend
-from ._checks import check_float_input, check_int_input
+from ._checks import (check_flag, check_float_input, check_grad_shape, check_int_input, check_probability,
+                      check_size)
 from .base import Layer
 from .unroll import GATES, Lookup, unroll_backward, unroll_forward
 
@@ -66,11 +67,11 @@ class _Recurrent(Layer):
                  bidirectional: bool = False, dropout: float = 0.0, stateful: bool = False,
                  nonlinearity: str = "tanh", dtype=None, rng=None, seed=None, bias_hh: bool = True):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} {value!r}; expected an integer >= 1")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout {dropout!r}; expected 0 <= dropout < 1")
+        input_size, hidden_size, num_layers = (check_size(v, n) for v, n in (
+            (input_size, "input_size"), (hidden_size, "hidden_size"), (num_layers, "num_layers")))
+        dropout = check_probability(dropout, "dropout")
+        bias, bidirectional, stateful, bias_hh = (check_flag(v, n) for v, n in (
+            (bias, "bias"), (bidirectional, "bidirectional"), (stateful, "stateful"), (bias_hh, "bias_hh")))
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
         if not bias_hh and self.mode == "gru":
@@ -79,8 +80,8 @@ class _Recurrent(Layer):
         if stateful and bidirectional:
             raise ValueError("stateful=True with bidirectional=True; a reverse direction cannot carry state "
                              "across chunks: use bidirectional=False for truncated BPTT")
-        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.bias, self.bidirectional, self.dropout = bias, bidirectional, float(dropout)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.bidirectional, self.dropout = bias, bidirectional, dropout
         self.bias_hh = bool(bias and bias_hh)
         self.stateful, self.nonlinearity = stateful, nonlinearity
         self.num_directions = 2 if bidirectional else 1
@@ -162,6 +163,23 @@ class _Recurrent(Layer):
                     f"(num_layers*num_directions, batch, hidden_size)"
                 )
         return tuple(parts) if self.mode == "lstm" else parts[0]
+
+    def _check_dstate(self, dstate, batch: int):
+        """``(dh_n, dc_n)`` from backward's ``dstate`` (None, or shaped exactly like ``state_n``;
+        an LSTM's is a pair ``(dh, dc)``, either of which may be None); shapes only, no scan."""
+        if dstate is None:
+            return None, None
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        what = " (num_layers*num_directions, batch, hidden_size), the shape of state_n"
+        if self.mode != "lstm":
+            return check_grad_shape(dstate, "dstate", shape, what), None
+        if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
+            kind = type(dstate).__name__ + (f" of length {len(dstate)}" if isinstance(dstate, (tuple, list)) else "")
+            raise ValueError(f"LSTM dstate is a {kind}; expected a tuple (dh, dc) of arrays {shape} "
+                             "(either may be None), like state_n (h, c)")
+        dh, dc = dstate
+        return (None if dh is None else check_grad_shape(dh, "dstate dh", shape, what),
+                None if dc is None else check_grad_shape(dc, "dstate dc", shape, what))
 
     def _resolve_mask(self, mask, lengths, B: int, T: int):
         xp = self.xp
@@ -312,7 +330,9 @@ class _Recurrent(Layer):
 
         dy: (B, T, dirs*H) gradient of the outputs ((T, B, dirs*H) after a ``time_major``
         forward; None: only the final state is used).
-        dstate: gradient of state_n (same structure; None: zeros).
+        dstate: gradient of state_n, the same structure and shapes exactly (``(L*dirs, B, H)``;
+        LSTM: a tuple ``(dh, dc)``, either of which may be None); None: zeros. Anything else is
+        a ValueError, never a broadcast.
         Returns dx (B, T, input_size) ((T, B, input_size) after a ``time_major`` forward); the
         gradient of the initial state is left in ``self.dstate0``; parameter gradients
         accumulate into ``self.grads``. After ``forward_embedded`` it returns None: the
@@ -323,16 +343,10 @@ class _Recurrent(Layer):
         caches, drop_masks, B, T, time_major = self._cache
         xp, H, dirs = self.xp, self.hidden_size, self.num_directions
         out_shape = (T, B, dirs * H) if time_major else (B, T, dirs * H)
-        dh_n = dc_n = None
-        if dstate is not None:
-            if self.mode == "lstm":
-                dh_n, dc_n = dstate
-            else:
-                dh_n = dstate
+        dh_n, dc_n = self._check_dstate(dstate, B)
         dY = None
         if dy is not None:
-            if tuple(dy.shape) != out_shape:
-                raise ValueError(f"dy has shape {tuple(dy.shape)}; expected {out_shape}")
+            check_grad_shape(dy, "dy", out_shape, " (the shape of y)")
             if time_major:
                 dY = backend.ascontiguous_aligned(dy)
             else:
