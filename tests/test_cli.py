@@ -197,3 +197,88 @@ def test_evaluate_a_split_the_corpus_lacks_is_an_error(trained, capsys, split, m
     assert get_task("lm").from_checkpoint(ckpt).evaluate("test") == {}
     assert cli.main(["evaluate", "--checkpoint", ckpt, "--split", "val"]) == 0  # the alias every task takes
     assert '"ppl"' in capsys.readouterr().out
+
+
+def _demo_config_json(run_dir: Path) -> dict:
+    """The config.json that ``rnnkit demo --run-dir run_dir`` writes."""
+    from rnnkit.tasks.lm import LMTaskConfig
+    from rnnkit.train.trainer import TrainConfig
+
+    preset = cli._preset("demo")
+    train = TrainConfig(**{**preset["train"], "run_dir": str(run_dir), "overwrite": True})
+    task = LMTaskConfig(**{k: v for k, v in preset["task"].items() if k != "name"})
+    return json.loads(json.dumps({"train": dataclasses.asdict(train), "task": {"name": "lm", **dataclasses.asdict(task)}}))
+
+
+class _Built(Exception):
+    """Raised where the demo would start building its task: the run dir was accepted."""
+
+
+@pytest.fixture
+def demo_stops_at_the_build(monkeypatch):
+    from rnnkit.tasks.lm import LanguageModelTask
+
+    def refuse(*args, **kwargs):
+        raise _Built
+
+    monkeypatch.setattr(LanguageModelTask, "from_config", refuse)
+
+
+def test_demo_refuses_a_run_dir_that_is_not_an_earlier_demos(tmp_path, capsys, demo_stops_at_the_build):
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "ckpt-10.safetensors").write_bytes(b"another run's")
+    (other / "config.json").write_text(json.dumps({"train": {"epochs": 3}, "task": {"name": "lm"}}))
+    assert cli.main(["demo", "--run-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir {other} is not empty and not an earlier demo's run dir" in err and "Traceback" not in err
+    assert (other / "checkpoints" / "ckpt-10.safetensors").read_bytes() == b"another run's"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert cli.main(["demo", "--run-dir", str(tmp_path / "notes")]) == 2
+    # accepted: a missing or empty directory, or an earlier demo's (which it overwrites)
+    for run_dir in (tmp_path / "missing", tmp_path / "empty", tmp_path / "demo"):
+        if run_dir.name != "missing":
+            run_dir.mkdir()
+        if run_dir.name == "demo":
+            (run_dir / "config.json").write_text(json.dumps(_demo_config_json(run_dir)))
+        with pytest.raises(_Built):
+            cli.main(["demo", "--run-dir", str(run_dir), "--minutes", "0.5"])
+
+
+@pytest.mark.parametrize("minutes", ["-1", "0", "nan", "inf"])
+def test_demo_minutes_must_be_positive(minutes, tmp_path, capsys, demo_stops_at_the_build):
+    assert cli.main(["demo", "--run-dir", str(tmp_path / "d"), "--minutes", minutes]) == 2
+    assert f"--minutes {float(minutes)!r}; expected a number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_refuses_a_run_dir_holding_a_users_files(trained, tmp_path, capsys):
+    corpus, _ = trained
+    (tmp_path / "result.json").write_text('{"mine": 1}')
+    argv = ["train", "--corpus", str(corpus), "--epochs", "1", "--max-steps", "2", "--run-dir", str(tmp_path), *TINY]
+    assert cli.main(argv) == 2
+    assert "already holds files of a run (result.json); overwrite to replace them" in capsys.readouterr().err
+    assert (tmp_path / "result.json").read_text() == '{"mine": 1}'
+    assert cli.main([*argv, "--overwrite"]) == 0
+
+
+def test_train_refuses_invalid_values_naming_them(capsys):
+    for flag, value, message in [("--clip", "-1", "clip -1.0; expected >= 0 (0: no clipping)"),
+                                 ("--time-budget", "nan", "time_budget nan"),
+                                 ("--lr-factor", "-1", "lr_factor -1.0; expected > 0")]:
+        assert cli.main(["train", flag, value, "--schedule", "step"]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_resume_extending_a_cosine_run_says_the_schedule_changed(trained, tmp_path, capsys):
+    corpus, _ = trained
+    run = ["--run-dir", str(tmp_path), *TINY]
+    assert cli.main(["train", "--corpus", str(corpus), "--epochs", "1", "--schedule", "cosine", *run]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--epochs", "2", *run]) == 0
+    out = capsys.readouterr().out
+    assert "note: the cosine schedule's parameters differ from the checkpoint's (total_steps" in out
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "epoch"]
+    assert lrs[0] == 0 and lrs[1] == 0 and max(r["lr"] for r in rows if r["split"] == "train" and r["epoch"] == 1) > 1e-4

@@ -113,3 +113,27 @@ def test_schedules():
     assert lrs[1] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1) and lrs[5] > lrs[8]
     with pytest.raises(ValueError, match="learning rate -1"):
         optim.SGD(_model(), lr=-1)
+
+
+def test_schedule_state_is_its_progress_and_the_parameters_stay_the_constructors():
+    cos = optim.CosineLR(optim.SGD(_model(), lr=1.0), total_steps=10, min_lr=0.1)
+    for _ in range(4):
+        cos.step()
+    cos.scale(0.05)  # a rollback: base 0.05, below min_lr, which follows it down
+    state = cos.state_dict()
+    assert set(state) == {"base_lr", "last_step", "lr_scale"} and cos.params()["total_steps"] == 10
+    longer = optim.CosineLR(optim.SGD(_model(), lr=1.0), total_steps=20, min_lr=0.1)
+    longer.load_state_dict(state)
+    assert (longer.total_steps, longer.last_step, longer.base_lr, longer.min_lr) == (20, 4, 0.05, 0.05)
+    old = {"base_lr": 1.0, "last_step": 10, "total_steps": 10, "warmup_steps": 0, "min_lr": 0.0}  # older checkpoints
+    longer = optim.CosineLR(optim.SGD(_model(), lr=1.0), total_steps=20)
+    longer.load_state_dict(old)
+    assert longer.total_steps == 20 and longer.last_step == 10 and longer.rate() == pytest.approx(0.5)
+    plateau = optim.ReduceLROnPlateau(optim.SGD(_model(), lr=1.0), factor=0.5)
+    plateau.step(3.0)
+    plateau.step(4.0)
+    again = optim.ReduceLROnPlateau(optim.SGD(_model(), lr=1.0), factor=0.1, patience=2)
+    again.load_state_dict(plateau.state_dict())
+    assert (again.best, again.bad_steps, again.last_step, again.factor, again.patience) == (3.0, 0, 2, 0.1, 2)
+    with pytest.raises(ValueError, match="gamma -1; expected > 0"):
+        optim.StepLR(optim.SGD(_model(), lr=1.0), step_size=1, gamma=-1)

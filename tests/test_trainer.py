@@ -521,3 +521,180 @@ def test_without_a_validation_part_the_train_loss_is_monitored_and_said(tmp_path
     result = Trainer(ToyTask([1.0, 0.5, 0.6]), tc).fit()
     assert result["monitor"] == "val_loss" and result["best_val_loss"] == 0.5
     assert "no validation part" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------- resume with other settings
+class StopAt:
+    """on_step (log_every=1): interrupt the run after ``step`` (as a kill would, after its checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, row):
+        if row["step"] == self.step + 1:
+            raise KeyboardInterrupt
+
+
+def toy_lrs(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["lr"] for r in rows if r["split"] == "train"]
+
+
+def test_resume_with_the_same_cosine_config_is_exact_and_quiet(tmp_path, capsys):
+    opts = dict(epochs=4, optimizer="sgd", lr=0.1, schedule="cosine", warmup_steps=2, min_lr=0.01, log_every=1,
+                checkpoint_every=1, plot=False, progress=False, eval_test=False)
+    Trainer(ToyTask([1.0] * 4), TrainConfig(run_dir=str(tmp_path / "straight"), **opts)).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(ToyTask([1.0] * 4), TrainConfig(run_dir=str(tmp_path / "res"), **opts), callbacks=[StopAt(5)]).fit()
+    task = ToyTask([1.0] * 4)
+    task.evaluated = 1  # the first epoch was evaluated before the interruption
+    capsys.readouterr()
+    Trainer(task, TrainConfig(run_dir=str(tmp_path / "res"), **opts)).fit(resume=True)
+    assert "note:" not in capsys.readouterr().out
+    assert toy_lrs(tmp_path / "res") == toy_lrs(tmp_path / "straight")  # bit-identical
+
+
+def test_resume_extending_a_cosine_run_recomputes_it_over_the_new_total(tmp_path, capsys):
+    """More epochs on resume: the cosine goes on over the new total (it used to stay at lr 0)."""
+    opts = dict(optimizer="sgd", lr=0.1, schedule="cosine", log_every=1, plot=False, progress=False,
+                run_dir=str(tmp_path), eval_test=False)
+    Trainer(ToyTask([1.0] * 2), TrainConfig(epochs=2, **opts)).fit()  # 6 steps, ending at lr 0
+    assert toy_lrs(tmp_path)[-1] == pytest.approx(0.0, abs=1e-12)
+    trainer = Trainer(ToyTask([1.0] * 2), TrainConfig(epochs=4, **opts))
+    trainer.fit(resume=True)
+    out = capsys.readouterr().out
+    assert "note: the cosine schedule's parameters differ from the checkpoint's (total_steps 6 -> 12)" in out
+    assert "lr 0 -> 0.05" in out  # it jumps up to the 12-step curve's value at step 6
+    curve = optim.CosineLR(optim.SGD(ToyModel(ToyConfig()), lr=0.1), total_steps=12)
+    expected = [curve.step() for _ in range(12)]
+    assert toy_lrs(tmp_path)[6:] == pytest.approx(expected[6:], abs=1e-12)
+    assert trainer.schedule.total_steps == 12 and trainer.optimizer.lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_takes_the_plateau_and_step_parameters_from_the_config(tmp_path, capsys):
+    opts = dict(optimizer="sgd", lr=0.1, plot=False, progress=False, eval_test=False)
+    run = str(tmp_path / "plateau")
+    Trainer(ToyTask([1.0, 0.5]), TrainConfig(epochs=2, schedule="plateau", lr_factor=0.5, run_dir=run, **opts)).fit()
+    trainer = Trainer(ToyTask([0.6, 0.7]), TrainConfig(epochs=4, schedule="plateau", lr_factor=0.1, run_dir=run, **opts))
+    trainer.fit(resume=True)
+    assert "factor 0.5 -> 0.1" in capsys.readouterr().out
+    assert trainer.schedule.factor == 0.1 and trainer.optimizer.lr == pytest.approx(0.1 * 0.1 * 0.1)
+    assert trainer.schedule.best == 0.5  # the progress came from the checkpoint
+    run = str(tmp_path / "step")
+    Trainer(ToyTask([1.0] * 4), TrainConfig(epochs=1, schedule="step", lr_factor=0.5, run_dir=run, **opts)).fit()
+    trainer = Trainer(ToyTask([1.0] * 4), TrainConfig(epochs=3, schedule="step", lr_factor=0.2, run_dir=run, **opts))
+    trainer.fit(resume=True)
+    assert "gamma 0.5 -> 0.2" in capsys.readouterr().out
+    assert [r["lr"] for r in epoch_rows(run)] == pytest.approx([0.1, 0.02, 0.004])  # the new gamma at once
+
+
+def test_resume_from_a_checkpoint_with_the_old_full_schedule_state(tmp_path, capsys):
+    """Checkpoints written before the state was progress-only: read their progress, keep the config's parameters."""
+    from rnnkit.checkpoint import load_checkpoint, save_checkpoint
+
+    opts = dict(optimizer="sgd", lr=0.1, schedule="cosine", log_every=1, plot=False, progress=False,
+                run_dir=str(tmp_path), eval_test=False)
+    Trainer(ToyTask([1.0] * 2), TrainConfig(epochs=2, **opts)).fit()
+    path = CheckpointManager(tmp_path / "checkpoints").latest()
+    tensors, meta = load_checkpoint(path)
+    t = meta["trainer"]
+    t["schedule"] = {"base_lr": 0.1, "last_step": 6, "total_steps": 6, "warmup_steps": 0, "min_lr": 0.0}
+    del t["schedule_params"]
+    save_checkpoint(path, tensors, meta)
+    trainer = Trainer(ToyTask([1.0] * 2), TrainConfig(epochs=4, **opts))
+    trainer.fit(resume=True)
+    assert "total_steps 6 -> 12" in capsys.readouterr().out
+    assert trainer.schedule.total_steps == 12 and trainer.schedule.last_step == 12
+    curve = optim.CosineLR(optim.SGD(ToyModel(ToyConfig()), lr=0.1), total_steps=12)
+    assert toy_lrs(tmp_path)[6:] == pytest.approx([curve.step() for _ in range(12)][6:], abs=1e-12)
+
+
+def test_a_run_early_stopping_ended_stays_ended_on_resume(tmp_path, capsys):
+    tc = TrainConfig(epochs=6, optimizer="sgd", lr=0.1, early_stopping=2, plot=False, run_dir=str(tmp_path),
+                     progress=False)
+    assert Trainer(ToyTask([1.0, 0.5, 0.6, 0.7, 0.8, 0.9]), tc).fit()["epochs"] == 4
+    capsys.readouterr()
+    task = ToyTask([0.8, 0.9])
+    result = Trainer(task, tc).fit(resume=True)
+    assert result["epochs"] == 4 and task.evaluated == 0  # as the uninterrupted run: no fifth epoch
+    assert "stopped: no improvement of val_loss for 2 epochs" in capsys.readouterr().out
+    result = Trainer(task, dataclasses.replace(tc, early_stopping=3)).fit(resume=True)  # more patience: goes on
+    assert result["epochs"] == 5 and task.evaluated == 1
+
+
+@pytest.mark.parametrize("name", ["config.json", "result.json", "metrics.csv", "metrics.jsonl", "loss.png",
+                                  "checkpoints/notes.txt"])
+def test_fresh_run_refuses_a_run_dir_with_any_of_a_runs_files(tmp_path, name):
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text("the user's\n")
+    tc = TrainConfig(epochs=1, optimizer="sgd", lr=0.1, plot=False, run_dir=str(tmp_path), progress=False)
+    with pytest.raises(FileExistsError, match=f"already holds .*{Path(name).name}"):
+        Trainer(ToyTask([1.0]), tc).fit()
+    assert (tmp_path / name).read_text() == "the user's\n"
+    Trainer(ToyTask([1.0]), dataclasses.replace(tc, overwrite=True)).fit()
+
+
+def test_resume_without_a_checkpoint_starts_afresh_over_the_runs_own_logs(tmp_path, capsys):
+    """A run killed before its first checkpoint leaves config.json and metrics.jsonl: resume may replace them."""
+    tc = TrainConfig(epochs=1, optimizer="sgd", lr=0.1, plot=False, run_dir=str(tmp_path), progress=False)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text('{"split": "train", "epoch": 0, "step": 1, "loss": 9.0}\n')
+    Trainer(ToyTask([1.0]), tc).fit(resume=True)
+    assert "starting fresh" in capsys.readouterr().out
+    assert '"loss": 9.0' not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_rollback_with_ring_batching_goes_on_from_the_live_state(tmp_path):
+    """After a rollback the next epoch starts from the state the epoch ended with, not the checkpoint's."""
+    cfg, task = tiny_lm_task(batching="ring")
+    original_backward, original_loss, calls, seen = task.backward, task.train_loss, [], {}
+
+    def backward_with_one_blowup():
+        original_backward()
+        calls.append(1)
+        if len(calls) == 12:
+            task.model.rnn.grads["weight_ih_l0"][...] = np.inf
+
+    def loss_recording_the_state(batch):
+        if trainer.epoch == 1 and trainer.batch_index == 1 and "start" not in seen:
+            seen["start"] = {k: np.array(v) for k, v in task.model.carried_state().items()}
+        return original_loss(batch)
+
+    class EpochEnd:
+        def on_epoch_end(self, trainer, row):
+            seen.setdefault("end", {k: np.array(v) for k, v in task.model.carried_state().items()})
+
+    task.backward, task.train_loss = backward_with_one_blowup, loss_recording_the_state
+    tc = TrainConfig(epochs=2, lr=2e-3, run_dir=str(tmp_path), progress=False, plot=False, eval_test=False,
+                     checkpoint_every=5, on_divergence="rollback")
+    trainer = Trainer(task, tc, cfg, callbacks=[EpochEnd()])
+    trainer.fit()
+    assert trainer.rollbacks == 1 and seen["end"]
+    for key, value in seen["end"].items():
+        np.testing.assert_array_equal(seen["start"][key], value, err_msg=key)
+
+
+def test_config_errors_name_the_field_and_value():
+    for kwargs, message in [
+        (dict(schedule="step", lr_factor=-1.0), "lr_factor -1.0; expected > 0"),
+        (dict(lr_factor=0.0), "lr_factor 0.0; expected > 0"),
+        (dict(schedule="plateau", lr_factor=1.5), "lr_factor 1.5 with schedule 'plateau'; expected 0 < lr_factor < 1"),
+        (dict(time_budget=-5.0), r"time_budget -5.0; expected a finite number of seconds >= 0 \(0: no limit\)"),
+        (dict(time_budget=math.nan), "time_budget nan"),
+        (dict(time_budget=math.inf), "time_budget inf"),
+        (dict(clip=-1.0), r"clip -1.0; expected >= 0 \(0: no clipping\)"),
+        (dict(clip=math.nan), "clip nan"),
+        (dict(min_lr=-1e-4), "min_lr -0.0001; expected >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)
+    TrainConfig(schedule="step", lr_factor=2.0, time_budget=0.0, clip=0.0, min_lr=0.0)  # all still allowed
+
+
+def test_resume_without_a_checkpoint_after_a_kill_in_the_first_save(tmp_path):
+    """A kill while the first checkpoint was written leaves only a temp file in checkpoints/."""
+    tc = TrainConfig(epochs=1, optimizer="sgd", lr=0.1, plot=False, run_dir=str(tmp_path), progress=False)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".ckpt-3.safetensors.tmp").write_bytes(b"cut")
+    (tmp_path / "config.json").write_text("{}")
+    assert Trainer(ToyTask([1.0]), tc).fit(resume=True)["epochs"] == 1

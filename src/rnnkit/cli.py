@@ -239,6 +239,32 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _is_demo_run(config: dict, preset: dict) -> bool:
+    """Does a run dir's config.json say ``rnnkit demo`` wrote it? The demo's train section is the
+    preset's (its time budget aside) with overwrite on, its task section the preset's."""
+    train, task = config.get("train"), config.get("task")
+    if not isinstance(train, dict) or not isinstance(task, dict) or train.get("overwrite") is not True:
+        return False
+    return (all(train.get(k) == v for k, v in preset["train"].items() if k != "time_budget")
+            and all(task.get(k) == v for k, v in preset["task"].items()))
+
+
+def _check_demo_run_dir(run_dir: Path, preset: dict) -> None:
+    """The demo starts afresh, deleting what its run dir holds: refuse any run dir but an empty or
+    missing one or an earlier demo's."""
+    import json
+
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if not (isinstance(config, dict) and _is_demo_run(config, preset)):
+        raise FileExistsError(f"--run-dir {run_dir} is not empty and not an earlier demo's run dir (no config.json "
+                              "of a demo run); the demo would overwrite it: choose another --run-dir")
+
+
 def cmd_demo(argv: list[str]) -> int:
     """The main job: a character LSTM on the bundled tiny Shakespeare, then generated text."""
     from .generate import generate
@@ -246,10 +272,13 @@ def cmd_demo(argv: list[str]) -> int:
     from .train.trainer import Trainer
 
     parser = argparse.ArgumentParser(prog="rnnkit demo", description=cmd_demo.__doc__)
-    parser.add_argument("--run-dir", default="runs/demo", help="where checkpoints, metrics and loss.png go")
+    parser.add_argument("--run-dir", default="runs/demo", help="where checkpoints, metrics and loss.png go (an "
+                        "earlier demo's there are replaced; any other non-empty directory is refused)")
     parser.add_argument("--minutes", type=float, default=None, help="training time budget (default: the preset's)")
     parser.add_argument("--tokens", type=int, default=600, help="characters to generate at the end")
     args = parser.parse_args(argv)
+    if args.minutes is not None and not 0 < args.minutes < float("inf"):
+        raise ValueError(f"--minutes {args.minutes!r}; expected a number > 0")
     preset = _preset("demo")
     train = merge_overrides(preset["train"], {"run_dir": args.run_dir, "overwrite": True})
     if args.minutes is not None:
@@ -259,6 +288,7 @@ def cmd_demo(argv: list[str]) -> int:
 
     train_config = from_dict(TrainConfig, train, where="train")
     task_config = from_dict(LMTaskConfig, {k: v for k, v in preset["task"].items() if k != "name"}, where="task")
+    _check_demo_run_dir(Path(args.run_dir), preset)
     print("rnnkit demo: a character-level LSTM learns tiny Shakespeare (bundled, 1.1 MB) on this CPU.")
     print(f"budget {train_config.time_budget / 60:.1f} min; outputs in {args.run_dir}/ (checkpoints, metrics.csv, loss.png)")
     started = time.perf_counter()

@@ -194,22 +194,42 @@ class AdamW(Adam):
 
 # ------------------------------------------------------------------ schedules
 class _Schedule:
+    """A learning-rate schedule. Its state (``state_dict``) is its progress only: the step it is
+    at, the base rate and ``lr_scale``, the product of the rollbacks' scalings of it (plateau: also
+    the best metric and the calls without improvement). The hyper-parameters (``params()``) come
+    from the constructor, i.e. the current config: a run resumed with other ones goes on with them."""
+
+    PROGRESS: tuple[str, ...] = ("base_lr", "last_step", "lr_scale")
+
     def __init__(self, optimizer: Optimizer):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.last_step = 0
+        self.lr_scale = 1.0
 
     def scale(self, factor: float) -> None:
         """Multiply every learning rate this schedule will set by ``factor`` (a divergence rollback
         halves them); the optimizer's current rate is the caller's to set."""
         self.base_lr *= factor
+        self.lr_scale *= factor
+
+    def params(self) -> dict:
+        """The hyper-parameters (everything but the progress)."""
+        return {k: v for k, v in vars(self).items() if k != "optimizer" and k not in self.PROGRESS}
+
+    def rate(self) -> float:
+        """The learning rate this schedule sets at its current step (with its current parameters)."""
+        return self.optimizer.lr
 
     def state_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+        return {k: getattr(self, k) for k in self.PROGRESS}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+        """Restore the progress; the hyper-parameters stay this schedule's own (an older
+        checkpoint's full state is read for its progress only)."""
+        for k in self.PROGRESS:
+            if k in state:
+                setattr(self, k, type(getattr(self, k))(state[k]))
 
 
 class StepLR(_Schedule):
@@ -219,11 +239,16 @@ class StepLR(_Schedule):
         super().__init__(optimizer)
         if step_size < 1:
             raise ValueError(f"step_size {step_size}; expected >= 1")
+        if not 0 < gamma < math.inf:
+            raise ValueError(f"gamma {gamma!r}; expected > 0")
         self.step_size, self.gamma = step_size, gamma
+
+    def rate(self) -> float:
+        return self.base_lr * self.gamma ** (self.last_step // self.step_size)
 
     def step(self, metric=None) -> float:
         self.last_step += 1
-        self.optimizer.lr = self.base_lr * self.gamma ** (self.last_step // self.step_size)
+        self.optimizer.lr = self.rate()
         return self.optimizer.lr
 
 
@@ -234,6 +259,8 @@ class ReduceLROnPlateau(_Schedule):
     ``lr *= factor`` (not below ``min_lr``). DL2 trains PTB with factor 0.25, patience 0.
     """
 
+    PROGRESS = (*_Schedule.PROGRESS, "best", "bad_steps")
+
     def __init__(self, optimizer, factor: float = 0.25, patience: int = 0, min_lr: float = 0.0,
                  threshold: float = 1e-4):
         super().__init__(optimizer)
@@ -242,6 +269,10 @@ class ReduceLROnPlateau(_Schedule):
         self.factor, self.patience, self.min_lr, self.threshold = factor, patience, min_lr, threshold
         self.best = math.inf
         self.bad_steps = 0
+
+    def rate(self) -> float:
+        """The optimizer's rate (the schedule only ever multiplies it), not below ``min_lr``."""
+        return max(self.optimizer.lr, self.min_lr)
 
     def step(self, metric=None) -> float:
         if metric is None:
@@ -258,7 +289,12 @@ class ReduceLROnPlateau(_Schedule):
 
 
 class CosineLR(_Schedule):
-    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``.
+
+    Resumed with another ``total_steps`` (a run extended with more epochs or steps), the
+    cosine is recomputed over the new total from the step reached: the rate jumps to the
+    new curve's value there (up from ``min_lr`` when a finished run is extended).
+    """
 
     def __init__(self, optimizer, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
         super().__init__(optimizer)
@@ -272,13 +308,19 @@ class CosineLR(_Schedule):
         super().scale(factor)
         self.min_lr = min(self.min_lr, self.base_lr)  # the decay still ends at or below where it starts
 
-    def step(self, metric=None) -> float:
-        self.last_step += 1
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.lr_scale < 1:  # as scale() left it
+            self.min_lr = min(self.min_lr, self.base_lr)
+
+    def rate(self) -> float:
         s = self.last_step
         if s < self.warmup_steps:
-            lr = self.base_lr * (s + 1) / self.warmup_steps
-        else:
-            progress = min(1.0, (s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
-        self.optimizer.lr = lr
+            return self.base_lr * (s + 1) / self.warmup_steps
+        progress = min(1.0, (s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def step(self, metric=None) -> float:
+        self.last_step += 1
+        self.optimizer.lr = lr = self.rate()
         return lr

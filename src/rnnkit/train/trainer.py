@@ -17,12 +17,14 @@ dropout) and, mid-epoch (always, for a task with ``carries_state_across_epochs``
 model's carried recurrent state (``model.carried_state()``).
 ``fit(resume=True)`` restores all of it and skips the batches of the current epoch that
 were already done, so the run continues as if never stopped: the same data order, random
-draws and learning rates, hence the same metrics. This needs ``task.train_batches(epoch)``
-to depend only on the seed and the epoch (all rnnkit tasks draw their order from
-``default_rng([seed, epoch])``). Checkpoints are written at each epoch end, every
+draws and learning rates, hence the same metrics (and a run early stopping ended stays ended). This needs
+``task.train_batches(epoch)`` to depend only on the seed and the epoch (all rnnkit tasks draw
+their order from ``default_rng([seed, epoch])``). Checkpoints are written at each epoch end, every
 ``checkpoint_every`` steps, and when a step or time budget stops the run (mid-epoch: the
 run is evaluated and may update ``best.safetensors``, but the schedule and the early-stopping
-patience move only at complete epochs, so a resumed run's still match).
+patience move only at complete epochs, so a resumed run's still match). The schedule's state is
+its progress only; its parameters come from the resumed run's config, and a note names those that
+changed (e.g. a cosine's total_steps after more ``epochs``: see :class:`rnnkit.optim.CosineLR`).
 
 Divergence. A non-finite loss or gradient stops the step before the weights change, with
 a :class:`DivergenceError` naming the step and the parameters involved;
@@ -76,9 +78,14 @@ class TrainConfig:
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (SGD)"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 (sgd, adam) or decoupled (adamw) weight decay"})
     clip: float = field(default=5.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
-    schedule: str = field(default="none", metadata={"help": "learning-rate schedule: none | plateau | step | cosine"})
-    lr_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this when validation stalls; "
-                                                             "step: multiply every lr_step_size epochs"})
+    schedule: str = field(default="none", metadata={
+        "help": "learning-rate schedule: none | plateau | step | cosine (over epochs x batches, or max_steps). "
+                "A resumed run keeps the schedule's progress and takes its parameters from this config: a cosine "
+                "extended with more epochs/max_steps is recomputed over the new total from the step reached, so "
+                "its lr jumps up to the longer curve's value there (a note says so)"})
+    lr_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this (0 < f < 1) when "
+                                                             "validation stalls; step: multiply every lr_step_size "
+                                                             "epochs (> 0)"})
     lr_patience: int = field(default=0, metadata={"help": "plateau: epochs without improvement before a decay"})
     lr_step_size: int = field(default=1, metadata={"help": "step: epochs between decays"})
     warmup_steps: int = field(default=0, metadata={"help": "cosine: linear warm-up steps"})
@@ -109,7 +116,8 @@ class TrainConfig:
     plot: bool = field(default=True, metadata={"help": "draw run_dir/loss.png (needs matplotlib)"})
     eval_test: bool = field(default=True, metadata={"help": "evaluate the best weights on the test split at the end"})
     overwrite: bool = field(default=False, metadata={"help": "start afresh even if run_dir holds an earlier run's "
-                                                             "checkpoints (they are deleted)"})
+                                                             "files (checkpoints/, config.json, metrics.jsonl, "
+                                                             "metrics.csv, result.json, loss.png: they are replaced)"})
 
     def __post_init__(self):
         choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "plateau", "step", "cosine"),
@@ -130,6 +138,17 @@ class TrainConfig:
         for name in ("keep_checkpoints", "log_every", "lr_step_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}; expected >= 1")
+        if not (math.isfinite(self.time_budget) and self.time_budget >= 0):
+            raise ValueError(f"time_budget {self.time_budget!r}; expected a finite number of seconds >= 0 (0: no limit)")
+        if not self.clip >= 0:  # also refuses NaN
+            raise ValueError(f"clip {self.clip!r}; expected >= 0 (0: no clipping)")
+        if not self.min_lr >= 0:
+            raise ValueError(f"min_lr {self.min_lr!r}; expected >= 0")
+        if not 0 < self.lr_factor < math.inf:
+            raise ValueError(f"lr_factor {self.lr_factor!r}; expected > 0 (the lr is multiplied by it)")
+        if self.schedule == "plateau" and not self.lr_factor < 1:
+            raise ValueError(f"lr_factor {self.lr_factor!r} with schedule 'plateau'; expected 0 < lr_factor < 1 "
+                             "(a plateau decays the lr)")
 
 
 def _plain_json(value):
@@ -261,12 +280,12 @@ class Trainer:
         cfg, task = self.config, self.task
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
-            self._start_fresh()
+            self._start_fresh(resuming=resume)
             if hasattr(task, "before_fit"):  # e.g. the classifier's biLM pretraining; not redone on resume
                 task.before_fit(self)
         self._write_config()
         self._started = time.perf_counter()
-        stop_reason = self._budget_spent()
+        stop_reason = self._patience_spent() or self._budget_spent()  # a resumed run that had stopped stays stopped
         noted = False  # the note that the training loss stands in for a missing validation part, once per fit
         while self.epoch < cfg.epochs and stop_reason is None:
             epoch, skip = self.epoch, self.batch_index
@@ -341,8 +360,8 @@ class Trainer:
             self.save(best=improved)
             if time.perf_counter() - self._plotted > 30:  # a figure costs ~0.5 s: not after every short epoch
                 self._plot()
-            if complete and cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
-                stop_reason = f"no improvement of {task.main_metric} for {self.bad_epochs} epochs"
+            if complete and self._patience_spent():
+                stop_reason = self._patience_spent()
             elif complete and self.epoch < cfg.epochs:
                 stop_reason = self._budget_spent()
         if stop_reason:
@@ -392,6 +411,14 @@ class Trainer:
         """A context in which the model holds the averaged weights (none: its own)."""
         return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
+    def _patience_spent(self) -> str | None:
+        """Early stopping's reason to stop, if the patience is used up (a larger early_stopping
+        on resume lets a stopped run go on)."""
+        cfg = self.config
+        if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
+            return f"no improvement of {self.task.main_metric} for {self.bad_epochs} epochs"
+        return None
+
     def _budget_spent(self) -> str | None:
         cfg = self.config
         if cfg.max_steps and self.step >= cfg.max_steps:
@@ -435,6 +462,11 @@ class Trainer:
         self.rollbacks += 1
         lr = self.optimizer.lr * 0.5
         self._load_weights(path, with_optimizer=True)
+        # The checkpoint's carried state is not the one to go on from: training goes on with the next
+        # batch, not from the checkpoint's place in the data, and that state belongs to the checkpoint's
+        # place. Like the live (perhaps non-finite) state it is dropped: the model starts again from a
+        # reset state below, also across the next epoch start (batching="ring").
+        self._carry = None
         self.optimizer.lr = lr
         if self.schedule is not None:  # else a cosine or step schedule sets the old rate at its next step
             self.schedule.scale(0.5)
@@ -453,6 +485,7 @@ class Trainer:
                 "ema_count": self.average.count if self.average is not None else None,
                 "optimizer": self.optimizer.state_dict()["scalars"],
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "schedule_params": self.schedule.params() if self.schedule is not None else None,
                 "rng": [g.bit_generator.state for g in random_streams(self.task)]}
 
     def save(self, best: bool = False):
@@ -499,16 +532,45 @@ class Trainer:
             self.model.set_carried_state(self._carry)
         self._carry = None
 
-    def _start_fresh(self) -> None:
-        """Refuse to mix a new run into an old one's files unless asked to overwrite them."""
+    def _resume_schedule(self, t: dict, saved_kind: str) -> str | None:
+        """The schedule's progress from the checkpoint; its parameters stay this config's. Returns a
+        note naming those that differ from the checkpoint's (the lr then follows the new ones at once)."""
+        name = self.config.schedule
+        if saved_kind != name:
+            return f"note: the checkpoint's schedule is {saved_kind!r}; this run's {name!r} starts from its beginning"
+        self.schedule.load_state_dict(t["schedule"])
+        now = _plain_json(self.schedule.params())
+        saved = t.get("schedule_params") or {k: v for k, v in t["schedule"].items() if k in now}  # older: full state
+        changed = [f"{k} {_show(saved[k])} -> {_show(v)}" for k, v in now.items() if k in saved and saved[k] != v]
+        if not changed:
+            return None
+        lr = self.optimizer.lr
+        self.optimizer.lr = self.schedule.rate()
+        return (f"note: the {name} schedule's parameters differ from the checkpoint's ({', '.join(changed)}); it goes "
+                f"on from its step {self.schedule.last_step} with this run's, lr {lr:.3g} -> {self.optimizer.lr:.3g}")
+
+    RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "result.json", "loss.png")
+
+    def _start_fresh(self, resuming: bool = False) -> None:
+        """Refuse to mix a new run into an old one's files (checkpoints/ or any of ``RUN_FILES``) unless
+        asked to overwrite them; ``resuming`` (no checkpoint to resume from) may replace the run's own logs."""
+        ckpt_dir = self.checkpoints.directory
         old = self.checkpoints.checkpoints() + [p for p in (self.checkpoints.best(),) if p is not None]
-        if old and not self.config.overwrite:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints of a run ({old[-1].name}); "
-                                  "resume to continue it, overwrite to start afresh, or choose another run_dir")
-        for path in old:
-            path.unlink()
-        for name in ("metrics.jsonl", "metrics.csv", "loss.png", "result.json"):
-            (self.run_dir / name).unlink(missing_ok=True)
+        files = [name for name in self.RUN_FILES if (self.run_dir / name).exists()]
+        if not self.config.overwrite:
+            others = sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() and not resuming else []
+            if old or others:
+                raise FileExistsError(f"{self.run_dir} already holds checkpoints of a run "
+                                      f"({old[-1].name if old else ', '.join(others[:3])}); resume to continue it, "
+                                      "overwrite to start afresh, or choose another run_dir")
+            if files and not resuming:
+                raise FileExistsError(f"{self.run_dir} already holds files of a run ({', '.join(files)}); "
+                                      "overwrite to replace them, or choose another run_dir")
+        for path in old + [ckpt_dir / CheckpointManager.LATEST]:
+            path.unlink(missing_ok=True)
+        for name in files:
+            if name != "config.json":  # rewritten next, and meanwhile still says whose dir this is
+                (self.run_dir / name).unlink(missing_ok=True)
 
     def resume(self) -> bool:
         """Load the latest checkpoint in run_dir: weights, optimizer, schedule, counters, RNG, carry."""
@@ -527,8 +589,9 @@ class Trainer:
         self.sum_loss, self.sum_count = float(t["sum_loss"]), float(t["sum_count"])
         self.best, self.best_complete = float(t["best"]), float(t["best_complete"])
         self.bad_epochs, self.rollbacks = int(t["bad_epochs"]), int(t["rollbacks"])
+        note = None
         if self.schedule is not None and t.get("schedule"):
-            self.schedule.load_state_dict(t["schedule"])
+            note = self._resume_schedule(t, meta.get("train_config", {}).get("schedule", self.config.schedule))
         streams = random_streams(self.task)
         if len(streams) != len(t["rng"]):
             raise ValueError(f"{path}: {len(t['rng'])} saved random streams; this run has {len(streams)} "
@@ -538,6 +601,8 @@ class Trainer:
         self.history = self._read_history()
         where = f"epoch {self.epoch + 1}, batch {self.batch_index}" if self.batch_index else f"end of epoch {self.epoch}"
         print(f"resumed from {path.name}: {where}, step {self.step}")
+        if note:
+            print(note, flush=True)
         return True
 
     # -- logs and figures ----------------------------------------------------------------------
