@@ -48,3 +48,33 @@ def test_settle_waits_for_a_busy_process_and_not_for_an_idle_one():
         idle.kill()
         busy.wait()
         idle.wait()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--rounds", "0", "argument --rounds: 0; expected an integer >= 1"),
+    ("--gen-tokens", "0", "argument --gen-tokens: 0; expected an integer >= 1"),
+    ("--threads", "0", "argument --threads: 0; expected an integer >= 1"),
+    ("--steps", "-1", "argument --steps: -1; expected an integer >= 0"),
+    ("--warmup", "-1", "argument --warmup: -1; expected an integer >= 0"),
+    ("--rounds", "two", "argument --rounds: 'two'; expected an integer >= 1"),
+])
+def test_bad_numeric_arguments_stop_at_parse_time(monkeypatch, capsys, flag, value, expected):
+    monkeypatch.setattr(bench, "environment", lambda args: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([flag, value])
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_zero_steps_and_warmup_are_accepted():
+    parser = bench.argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--steps", "0", "--warmup", "0"])
+    assert (args.steps, args.warmup, args.rounds, args.threads) == (0, 0, 5, 2)
+
+
+def test_json_into_a_missing_folder_stops_before_the_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "environment", lambda args: pytest.fail("the run started"))
+    with pytest.raises(SystemExit, match="--json .*: no folder .*missing.*; expected the path of a file"):
+        bench.main(["--json", str(tmp_path / "missing" / "r.json")])
+    with pytest.raises(SystemExit, match="is a folder; expected the path of a JSON file"):
+        bench.main(["--json", str(tmp_path)])

@@ -320,3 +320,32 @@ def test_a_relative_data_path_still_loads_from_another_folder(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path / "elsewhere")
     again = ClassifyTask.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert again.evaluate("test") == pytest.approx(task.evaluate("test"))
+
+
+def test_kfold_split_that_leaves_no_training_part_is_an_error():
+    # 20 texts, 2 folds: 10 outside each test fold, and val_fraction 0.5 of all 20 takes all 10
+    with pytest.raises(ValueError, match="val_fraction 0.5 of n=20 texts holds out 10 for validation, but folds=2 "
+                                         "leave 10 outside a test fold: no training part"):
+        split_indices(20, ClassifyConfig(folds=2, fold=0, val_fraction=0.5))
+    with pytest.raises(ValueError, match="no training part"):  # every fold, not only the one asked for
+        split_indices(103, ClassifyConfig(folds=2, fold=1, val_fraction=0.5))
+    train, val, test = split_indices(20, ClassifyConfig(folds=2, fold=0, val_fraction=0.45))
+    assert (len(train), len(val), len(test)) == (1, 9, 10)
+    with pytest.raises(ValueError, match="folds=10 of n=5 texts; expected folds <= n"):
+        split_indices(5, ClassifyConfig(folds=10, fold=1))
+    with pytest.raises(ValueError, match="val_fraction 0.4 and test_fraction 0.4 of n=2 texts hold out 1 \\+ 1: "
+                                         "no training part"):
+        split_indices(2, ClassifyConfig(val_fraction=0.4, test_fraction=0.4))
+
+
+def test_fold_without_folds_is_an_error():
+    with pytest.raises(ValueError, match="fold 3 without folds; set folds=k"):
+        ClassifyConfig(fold=3)
+    assert ClassifyConfig(folds=5, fold=3).fold == 3
+
+
+def test_rt_polarity_protocol_split_sizes_are_unchanged():
+    # 10,662 texts, 10 folds, val_fraction 0.1: the sizes the rt-polarity protocol has always had
+    sizes = [tuple(len(p) for p in split_indices(10_662, ClassifyConfig(folds=10, fold=f))) for f in range(10)]
+    big, small = (8530, 1066, 1066), (8529, 1066, 1067)
+    assert sizes == [big, big, small, big, big, big, big, small, big, big]

@@ -506,15 +506,31 @@ def format_table(rows, gemm_gflops) -> str:
     return "\n".join(lines)
 
 
+def _int_at_least(low: int):
+    """An argparse ``type=``: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}; expected an integer >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}; expected an integer >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default="S,M,C", help="comma-separated subset of S,M,C")
     parser.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated subset of lstm,gru,rnn")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="subset of rnnkit,torch,reference")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads for every framework")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
-    parser.add_argument("--steps", type=int, default=0, help="training steps per round (0: per-config default)")
-    parser.add_argument("--gen-tokens", type=int, default=50, help="generated tokens per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before the rounds")
+    parser.add_argument("--threads", type=_int_at_least(1), default=2, help="BLAS/OpenMP threads for every framework")
+    parser.add_argument("--rounds", type=_int_at_least(1), default=5, help="interleaved rounds per case")
+    parser.add_argument("--steps", type=_int_at_least(0), default=0,
+                        help="training steps per round (0: per-config default)")
+    parser.add_argument("--gen-tokens", type=_int_at_least(1), default=50, help="generated tokens per round")
+    parser.add_argument("--warmup", type=_int_at_least(0), default=2, help="untimed training steps before the rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                         help="wall clock (default), or the worker's CPU time: steadier on a shared machine, "
@@ -540,6 +556,13 @@ def run(args) -> int:
         bad = [v for v in values if v not in allowed]
         if bad:
             raise SystemExit(f"unknown {name} {bad[0]!r}; expected one of {', '.join(allowed)}")
+    if args.json:
+        folder = Path(args.json).resolve().parent
+        if Path(args.json).is_dir():
+            raise SystemExit(f"--json {args.json!r} is a folder; expected the path of a JSON file to write")
+        if not folder.is_dir():
+            raise SystemExit(f"--json {args.json!r}: no folder {str(folder)!r}; expected the path of a file "
+                             "in an existing folder")
     notes = []
     env = environment(args)
     if "torch" in frameworks and env["torch"] is None:

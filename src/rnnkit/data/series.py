@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 import re
 
@@ -25,15 +26,23 @@ def load_series_csv(path: str | os.PathLike, column=None, missing: str = "nan") 
     (N, k) in column order. ``column``: None (every column after the first), a column
     name, or a list of names. Empty or NA cells are NaN; ``missing`` = "nan" keeps them,
     "drop" drops the rows that have any, "interpolate" fills them linearly along time
-    (flat beyond the ends).
+    (flat beyond the ends). Blank lines are skipped; an infinite value (``inf``, ``1e400``)
+    or an invalid date is an error naming its row (the file's line) and column.
 
     The statsmodels ``elnino.csv`` is wide (a YEAR row of twelve months); ``values.reshape(-1)``
     is its monthly series.
     """
     if missing not in ("nan", "drop", "interpolate"):
         raise ValueError(f"missing {missing!r}; expected 'nan', 'drop' or 'interpolate'")
-    rows = [row for row in csv.reader(read_text(path).split("\n")) if row]
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    rows = []  # (line number, fields); blank and whitespace-only lines skipped
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    start = 1
+    for row in reader:
+        if len(row) > 1 or (row and row[0].strip()):
+            rows.append((start, row))
+        start = reader.line_num + 1
+    header = [h.strip() for h in rows[0][1]] if rows else []
+    body, lines = [row for _, row in rows[1:]], [number for number, _ in rows[1:]]
     if len(header) < 2 or not body:
         raise ValueError(f"CSV {str(path)!r} has columns {header} and {len(body)} rows; "
                          f"expected an index column, at least one value column and one row")
@@ -45,15 +54,18 @@ def load_series_csv(path: str | os.PathLike, column=None, missing: str = "nan") 
     values = np.empty((len(body), len(picks)), dtype=np.float64)
     for r, row in enumerate(body):
         if len(row) != len(header):
-            raise ValueError(f"row {r + 2} of {str(path)!r} has {len(row)} fields; expected {len(header)}")
+            raise ValueError(f"row {lines[r]} of {str(path)!r} has {len(row)} fields; expected {len(header)}")
         for c, pick in enumerate(picks):
             cell = row[pick].strip()
             try:
                 values[r, c] = np.nan if cell.lower() in _MISSING else float(cell)
             except ValueError:
-                raise ValueError(f"row {r + 2}, column {header[pick]!r} of {str(path)!r} is {cell!r}; "
+                raise ValueError(f"row {lines[r]}, column {header[pick]!r} of {str(path)!r} is {cell!r}; "
                                  f"expected a number or an empty cell") from None
-    index = _parse_index([row[0].strip() for row in body])
+            if np.isinf(values[r, c]):
+                raise ValueError(f"row {lines[r]}, column {header[pick]!r} of {str(path)!r} is {cell!r}; "
+                                 f"expected a finite number (an empty or NA cell for a missing value)")
+    index = _parse_index([row[0].strip() for row in body], lines, header[0], str(path))
     if missing == "drop":
         keep = ~np.isnan(values).any(axis=1)
         index, values = index[keep], values[keep]
@@ -62,9 +74,18 @@ def load_series_csv(path: str | os.PathLike, column=None, missing: str = "nan") 
     return index, (values[:, 0] if len(picks) == 1 else values)
 
 
-def _parse_index(cells: list[str]) -> np.ndarray:
+def _parse_index(cells: list[str], lines: list[int], name: str, path: str) -> np.ndarray:
     if all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", c) for c in cells):
-        return np.array(cells, dtype="datetime64[D]")
+        try:
+            return np.array(cells, dtype="datetime64[D]")
+        except ValueError:
+            for cell, line in zip(cells, lines):  # name the first bad date
+                try:
+                    np.datetime64(cell, "D")
+                except ValueError:
+                    raise ValueError(f"row {line}, column {name!r} of {path!r} is {cell!r}; "
+                                     f"expected a valid yyyy-mm-dd date") from None
+            raise
     if all(re.fullmatch(r"\d{8}", c) for c in cells):
         try:
             return np.array([datetime.datetime.strptime(c, "%Y%m%d").date() for c in cells], dtype="datetime64[D]")

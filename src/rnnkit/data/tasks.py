@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 from pathlib import Path
 
@@ -127,33 +128,68 @@ def load_sms_spam(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def load_labelled_file(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``(texts, labels)`` of a ``.csv`` file with columns ``text`` and ``label`` (any order, any
-    other columns ignored), or of any other file with ``label<TAB>text`` lines (an optional
-    first line ``label<TAB>text`` is taken as a header). Blank lines are skipped."""
+    other columns ignored; a quoted field may hold commas and line breaks), or of any other file
+    with ``label<TAB>text`` lines (an optional first line ``label<TAB>text`` or ``text<TAB>label``
+    is a header, the latter for ``text<TAB>label`` lines). Blank and whitespace-only lines are
+    skipped. Labels are stripped of surrounding whitespace; texts are kept as they are."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
         return _read_tab_separated(path)
-    rows = csv.DictReader(read_text(path).split("\n"))
-    if rows.fieldnames is None or not {"text", "label"} <= set(rows.fieldnames):
-        raise ValueError(f"CSV {str(path)!r} has columns {rows.fieldnames}; expected 'text' and 'label'")
+    rows = _csv_rows(read_text(path))
+    header = next(rows, (0, None))[1]
+    if header is None or not {"text", "label"} <= set(header):
+        raise ValueError(f"CSV {str(path)!r} has columns {header}; expected 'text' and 'label'")
+    for name in ("text", "label"):
+        if header.count(name) > 1:
+            raise ValueError(f"CSV {str(path)!r} has {header.count(name)} columns {name!r} in {header}; "
+                             f"expected one")
+    text_at, label_at = header.index("text"), header.index("label")
     texts, labels = [], []
-    for row in rows:
-        if row["label"] is None or row["text"] is None:
-            raise ValueError(f"CSV {str(path)!r} row {rows.line_num} has too few fields: {row}")
-        if not row["label"]:
-            raise ValueError(f"CSV {str(path)!r} row {rows.line_num} has an empty label")
-        texts.append(row["text"])
-        labels.append(row["label"])
+    for number, row in rows:
+        if len(row) > len(header):
+            raise ValueError(f"CSV {str(path)!r} row {number} has {len(row)} fields; expected {len(header)} "
+                             f"(quote a text that holds a comma)")
+        if len(row) <= max(text_at, label_at):
+            raise ValueError(f"CSV {str(path)!r} row {number} has too few fields: {len(row)}; "
+                             f"expected {len(header)}")
+        label = row[label_at].strip()
+        if not label:
+            raise ValueError(f"CSV {str(path)!r} row {number} has an empty label")
+        texts.append(row[text_at])
+        labels.append(label)
     return texts, labels
+
+
+def _csv_rows(text: str):
+    """``(line number, fields)`` of each CSV record of ``text`` (the line it starts on), skipping blank
+    and whitespace-only lines; quoted fields keep their commas and line breaks."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    for row in reader:
+        if len(row) > 1 or (row and row[0].strip()):
+            yield start, row
+        start = reader.line_num + 1
 
 
 def _read_tab_separated(path: Path) -> tuple[list[str], list[str]]:
     texts, labels = [], []
+    text_first, seen_line = False, False
     for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip() or (number == 1 and line.strip() == "label\ttext"):
+        if not line.strip():
             continue
-        label, tab, text = line.partition("\t")
+        if not seen_line:
+            seen_line = True
+            if line.strip() in ("label\ttext", "text\tlabel"):
+                text_first = line.strip() == "text\tlabel"
+                continue
+        if text_first:  # text<TAB>label: the label is after the last tab
+            text, tab, label = line.rpartition("\t")
+        else:
+            label, tab, text = line.partition("\t")
+        label = label.strip()
         if not tab or not label:
-            raise ValueError(f"line {number} of {str(path)!r} is not 'label<TAB>text': {line[:60]!r}")
+            expected = "text<TAB>label" if text_first else "label<TAB>text"
+            raise ValueError(f"line {number} of {str(path)!r} is not '{expected}': {line[:60]!r}")
         texts.append(text)
         labels.append(label)
     return texts, labels

@@ -90,6 +90,8 @@ class ClassifyConfig(ClassifierConfig):
             raise ValueError(f"folds {self.folds}; expected 0 (fixed split) or k >= 2")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold}; expected 0 <= fold < folds={self.folds}")
+        if not self.folds and self.fold:
+            raise ValueError(f"fold {self.fold} without folds; set folds=k (k >= 2) for k-fold cross-validation")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 \
                 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction}, test_fraction {self.test_fraction}; "
@@ -119,17 +121,30 @@ def load_texts(config: ClassifyConfig) -> tuple[list[str], list[str]]:
 
 
 def split_indices(n: int, config: ClassifyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) index arrays: a fixed split, or fold ``config.fold`` of k, drawn from ``split_seed``."""
+    """(train, val, test) index arrays: a fixed split, or fold ``config.fold`` of k, drawn from ``split_seed``.
+
+    Raises ValueError when the training part of the split (of any fold, with folds) would be empty."""
     order = np.random.default_rng(config.split_seed).permutation(n)
     if config.folds:
+        if config.folds > n:
+            raise ValueError(f"folds={config.folds} of n={n} texts; expected folds <= n (a test fold would be empty)")
         bounds = np.linspace(0, n, config.folds + 1).round().astype(int)
+        n_val = int(round(config.val_fraction * n))
+        left = n - int(np.diff(bounds).max())  # the fewest texts outside a test fold
+        if left - n_val < 1:
+            raise ValueError(f"val_fraction {config.val_fraction} of n={n} texts holds out {n_val} for validation, "
+                             f"but folds={config.folds} leave {left} outside a test fold: no training part; "
+                             f"expected round(val_fraction * n) <= {left - 1} (or fewer folds)")
         test = order[bounds[config.fold]:bounds[config.fold + 1]]
         rest = np.concatenate([order[:bounds[config.fold]], order[bounds[config.fold + 1]:]])
         # validation: a random part of the other k-1 folds, drawn anew for each fold
         rest = np.random.default_rng([config.split_seed, config.fold]).permutation(rest)
-        n_val = int(round(config.val_fraction * n))
         return rest[n_val:], rest[:n_val], test
     n_test, n_val = int(round(config.test_fraction * n)), int(round(config.val_fraction * n))
+    if n - n_test - n_val < 1:
+        raise ValueError(f"val_fraction {config.val_fraction} and test_fraction {config.test_fraction} of n={n} "
+                         f"texts hold out {n_val} + {n_test}: no training part; "
+                         "expected more texts or smaller fractions")
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
