@@ -85,6 +85,14 @@ def test_stacked_bidirectional_is_refused_clearly():
         ClassifyConfig(pretrain_epochs=-1)
 
 
+def test_fewer_words_need_an_unk_class():
+    """Rarer words are predicted as <unk>: without one they became <pad>, a class of their own."""
+    no_unk = SequenceClassifier(ClassifierConfig(embedding_dim=4, hidden_size=3), V, 2, unk_id=None, seed=0)
+    with pytest.raises(ValueError, match="no unk_id"):
+        BiLMPretrainer(no_unk, num_words=V - 2)
+    assert BiLMPretrainer(no_unk).num_words == V  # the whole vocabulary: no <unk> needed
+
+
 def test_pretraining_trains_the_classifier_body_in_place_not_its_output_layer(tmp_path):
     task = ClassifyTask.from_config(ClassifyConfig(dataset=str(write_csv(tmp_path / "toy.csv")), embedding_dim=8,
                                                    hidden_size=8, batch_size=8, pretrain_epochs=1), seed=0)

@@ -125,6 +125,16 @@ def test_padding_changes_nothing(variant):
             assert np.all(greedy[b].aux[:, n:] == 0.0)
 
 
+def test_last_attention_is_by_original_source_position_as_decoding_reports():
+    """With a reversed source, the training forward's weights come back in the source's own order."""
+    src, tgt, src_mask, _ = _batch()
+    model = _model(attention="dot", reverse_source=True).eval()
+    model.forward(src, tgt, src_mask)
+    _, _, first = model.decode_step(np.full(B, model.sos_id), model._decode_setup(src, src_mask)[0])
+    np.testing.assert_allclose(model.last_attention[:, 0], first, atol=1e-12)  # both read <sos> first
+    assert not np.allclose(first[1], first[1, ::-1])  # the order is visible
+
+
 @pytest.mark.parametrize("variant", ["plain", "peeky", "additive", "reversed"])
 def test_beam_size_one_equals_greedy(variant):
     src, _, src_mask, _ = _batch(4)

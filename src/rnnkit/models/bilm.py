@@ -51,6 +51,9 @@ class BiLMPretrainer(Model):
             raise ValueError(f"num_words {num_words}; expected >= 0 (0: the whole vocabulary)")
         super().__init__(c)
         V = classifier.vocab_size if not num_words or num_words > classifier.vocab_size else int(num_words)
+        if V < classifier.vocab_size and classifier.unk_id is None:
+            raise ValueError(f"num_words {num_words} with a classifier that has no unk_id: the rarer words need an "
+                             "<unk> class to be predicted as; give the classifier an unk_id, or num_words=0")
         if V <= max(classifier.pad_id, classifier.unk_id or 0):
             raise ValueError(f"num_words {num_words} leaves out the special ids (pad {classifier.pad_id}, unk "
                              f"{classifier.unk_id}); expected more")

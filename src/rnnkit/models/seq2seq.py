@@ -18,7 +18,8 @@ attention, so a padded example decodes exactly as it would alone.
 
 Teacher forcing ratio < 1 (training only): at each step and for each example the
 decoder is fed the true previous token with that probability, else its own previous
-prediction (argmax, or a sample), so the decoder runs step by step on its one-step cells
+prediction (argmax, or a sample, over every token but ``<pad>`` and ``<sos>``: the first's
+embedding gets no gradient, the second only ever starts a target), so the decoder runs step by step on its one-step cells
 (which share the decoder's parameters) and back-propagates through the steps in reverse.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Seq2SeqConfig:
     peeky: bool = field(default=False, metadata={"help": "feed the encoder's final h to every decoder step and to the output layer"})
     reverse_source: bool = field(default=False, metadata={"help": "read each source sequence backwards"})
     teacher_forcing_ratio: float = field(default=1.0, metadata={"help": "probability of feeding the true previous token in training (< 1: scheduled sampling)"})
-    feedback: str = field(default="argmax", metadata={"help": "what the decoder feeds back when not teacher-forced: argmax | sample"})
+    feedback: str = field(default="argmax", metadata={
+        "help": "what the decoder feeds back when not teacher-forced: argmax | sample (never <pad> or <sos>)"})
     embedding_init_std: float = field(default=0.1, metadata={"help": "std of the N(0, std) embedding init"})
 
     def __post_init__(self):
@@ -114,7 +116,7 @@ class Seq2Seq(Model):
         self._step_cells = {"cells": [CELLS[c.cell](E + peek if k == 0 else H, H, rng=np.random.default_rng(0))
                                       for k in range(L)]}
         self._cache = None
-        self.last_attention = None
+        self.last_attention = None  # (B, T, S) weights of the last forward, by original source position
 
     def extra_state(self) -> dict:
         return {"src_vocab_size": self.src_vocab_size, "tgt_vocab_size": self.tgt_vocab_size,
@@ -194,6 +196,8 @@ class Seq2Seq(Model):
             h, _ = self.decoder(x, state=enc_state)
             features = self._features(h, memory, mask, peek)
             stepwise = False
+        if self.last_attention is not None and rev is not None:  # by original source position, as decoding reports
+            self.last_attention = xp.take_along_axis(self.last_attention, rev[:, None, :], axis=2)
         logits = self.output(features)
         self._cache = (stepwise, T)
         return logits
