@@ -59,8 +59,29 @@ def _unwrap(x):
     return x.view(np.ndarray) if isinstance(x, FakeArray) else x
 
 
+class _Flags:
+    """CuPy's ``ndarray.flags``: ``c_contiguous``, ``f_contiguous`` and ``owndata``, read-only;
+    no ``writeable`` (CuPy has none, so code that sets it breaks on a GPU)."""
+
+    __slots__ = ("_flags",)
+
+    def __init__(self, flags):
+        object.__setattr__(self, "_flags", flags)
+
+    c_contiguous = property(lambda self: self._flags.c_contiguous)
+    f_contiguous = property(lambda self: self._flags.f_contiguous)
+    owndata = property(lambda self: self._flags.owndata)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"cupy flags have no settable {name!r} (CuPy arrays cannot be made read-only)")
+
+
 class FakeArray(np.ndarray):
     """A 'device' array: NumPy memory behind CuPy's rules (see the module docstring)."""
+
+    @property
+    def flags(self):
+        return _Flags(np.ndarray.flags.__get__(self))
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         for x in inputs + (out or ()):
@@ -206,12 +227,17 @@ def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
     return out
 
 
+NOT_IN_CUPY_13 = frozenset({"put_along_axis"})  # NumPy functions CuPy 13 lacks (pyproject allows cupy >= 13)
+
+
 def make_modules():
     """(cupy, cupyx) stand-ins, as modules."""
     cupy = types.ModuleType("cupy")
     cupy.__doc__ = "fake CuPy for tests (tests/fake_cupy.py)"
 
     def module_getattr(name):
+        if name in NOT_IN_CUPY_13:
+            raise AttributeError(f"module 'cupy' has no attribute {name!r} (not in CuPy 13, which rnnkit supports)")
         obj = getattr(np, name)
         if isinstance(obj, (type, np.ufunc, types.ModuleType)) or not callable(obj):
             return obj

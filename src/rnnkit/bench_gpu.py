@@ -84,7 +84,9 @@ class Device:
             return
         if self.torch_cuda:
             self.torch.cuda.reset_peak_memory_stats()
-        self._pool_peak = self.xp.get_default_memory_pool().used_bytes()
+        # the pool still holds the earlier frameworks' models (their steps are kept for the timing
+        # rounds): a framework's peak is what it adds above them
+        self._pool_base = self._pool_peak = self.xp.get_default_memory_pool().used_bytes()
 
     def sample_peak(self) -> None:
         if self.name == "cuda":
@@ -95,7 +97,7 @@ class Device:
             return None
         if framework == "torch":
             return self.torch.cuda.max_memory_allocated() / 2**20
-        return self._pool_peak / 2**20
+        return (self._pool_peak - self._pool_base) / 2**20
 
     def release(self) -> None:
         if self.name == "cuda":

@@ -100,15 +100,15 @@ class SequencePooling(Layer):
         else:
             w, arg = aux
             dmax, dmean = (dout[:, :D], dout[:, D:]) if self.mode == "max+mean" else (dout, dout)
+            # each feature's argmax step, as fancy indices (CuPy 13 has no put_along_axis)
+            at = (rows[:, None], arg, xp.arange(D)[None, :]) if arg is not None else None
             if w is None:
                 dy = xp.zeros(shape, dtype=dout.dtype)
-                xp.put_along_axis(dy, arg[:, None, :], dmax[:, None, :], axis=1)
+                dy[at] = dmax
                 return dy
             dy = w[:, :, None] * dmean[:, None, :]
             if arg is not None:
-                # add the max part at each feature's argmax step (one step per (b, d): no repeated indices)
-                at = xp.take_along_axis(dy, arg[:, None, :], axis=1)
-                xp.put_along_axis(dy, arg[:, None, :], at + dmax[:, None, :], axis=1)
+                dy[at] += dmax  # one step per (b, d): no repeated indices
         return dy
 
 

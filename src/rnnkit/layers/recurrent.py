@@ -319,7 +319,8 @@ class _Recurrent(Layer):
             self._state = (h_n.copy(), c_n.copy()) if self.mode == "lstm" else h_n.copy()
         if time_major:  # the top layer's own output (or a view of its cached states): read-only
             y = X.view()
-            y.flags.writeable = False
+            if xp is np:  # CuPy arrays have no writeable flag (setting it raises or does nothing): not enforced there
+                y.flags.writeable = False
         else:
             y = xp.ascontiguousarray(X.transpose(1, 0, 2))
         return y, state_n
