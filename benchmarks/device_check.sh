@@ -9,6 +9,10 @@
 # rnnkit is used from the checkout (PYTHONPATH=src, no install, no native build needed:
 # the CPU side of the comparisons then runs the NumPy kernels). Each part has its own time
 # limit, so one that hangs cannot eat the others' time; the script fails when a test fails.
+# The limits add up to 510 s (90 + 210 + 210), inside one 600 s device command with room for
+# the start; the benchmark writes its JSON after every case, so a cut-short run keeps what it
+# measured. The persistent kernels' cooperative launch needs the CUDA toolkit's libcudadevrt
+# (a pip-only CuPy without the toolkit falls back to the GEMM loop, and their tests fail).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_out}
@@ -22,13 +26,18 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   "$PY" -c "import cupy, numpy, sys; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" 2>&1
 } 2>&1 | tee "$OUT/env.txt"
+# no network on a device machine: stop at once, saying what is missing, rather than midway
+if ! "$PY" -c "import pytest, safetensors, numpy, cupy, torch" 2>>"$OUT/env.txt"; then
+  echo "missing a module (pytest, safetensors, numpy, cupy, torch): see $OUT/env.txt" | tee -a "$OUT/env.txt"
+  exit 3
+fi
 
 # the persistent kernels first, on their own short limit: a fault there (a hang at the grid
 # barrier, say) must not take the other tests' or the benchmark's time
-timeout "${PERSISTENT_LIMIT:-120}" "$PY" -m pytest -q -p no:cacheprovider -x -rs -k persistent \
+timeout "${PERSISTENT_LIMIT:-90}" "$PY" -m pytest -q -p no:cacheprovider -x -rs -k persistent \
   tests/test_gpu.py 2>&1 | tee "$OUT/tests_persistent.log"
 persistent_rc=${PIPESTATUS[0]}
-timeout "${TEST_LIMIT:-300}" "$PY" -m pytest -q -p no:cacheprovider -rs -k "not persistent" \
+timeout "${TEST_LIMIT:-210}" "$PY" -m pytest -q -p no:cacheprovider -rs -k "not persistent" \
   tests/test_gpu.py tests/test_cuda_kernels.py 2>&1 | tee "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
@@ -41,7 +50,7 @@ if [ -n "${QUICK:-}" ]; then
 else
   bench_args=()
 fi
-timeout "${BENCH_LIMIT:-300}" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" --frameworks "$frameworks" \
+timeout "${BENCH_LIMIT:-210}" "$PY" benchmarks/bench_gpu.py "${bench_args[@]}" --frameworks "$frameworks" \
   --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "persistent tests exit status $persistent_rc; tests $tests_rc; benchmark $bench_rc" | tee -a "$OUT/env.txt"

@@ -78,3 +78,12 @@ def test_json_into_a_missing_folder_stops_before_the_run(monkeypatch, tmp_path):
         bench.main(["--json", str(tmp_path / "missing" / "r.json")])
     with pytest.raises(SystemExit, match="is a folder; expected the path of a JSON file"):
         bench.main(["--json", str(tmp_path)])
+
+
+def test_nothing_left_to_run_is_said_instead_of_crashing(monkeypatch):
+    """--frameworks torch without PyTorch installed: a message, not a ZeroDivisionError."""
+    env = {"torch": None, "OPENBLAS_CORETYPE": None}
+    monkeypatch.setattr(bench, "environment", lambda args: env)
+    monkeypatch.setattr(bench, "Worker", lambda *a, **k: pytest.fail("a worker started"))
+    with pytest.raises(SystemExit, match="nothing left to run: PyTorch is not installed"):
+        bench.main(["--frameworks", "torch", "--configs", "S", "--cells", "lstm"])

@@ -90,5 +90,6 @@ def test_cuda_mode_runs_on_the_fake_device(tmp_path, monkeypatch):
         ("layer", "rnnkit_persistent"), ("phases", "rnnkit")}
     assert {name for name, _, _ in emulators.launches} >= {"rk_lstm_persistent_forward", "rk_lstm_persistent_backward"}
     assert data["environment"]["gpu"].startswith("fake device")
+    assert data["complete"] is True  # written after every case too, with complete false until the end
     # the fake pool holds nothing; real ones report MiB
     assert all(r["peak_mib"] == 0 for r in data["rows"] if r["kind"] != "phases")

@@ -282,3 +282,18 @@ def test_resume_extending_a_cosine_run_says_the_schedule_changed(trained, tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if r["split"] == "epoch"]
     assert lrs[0] == 0 and lrs[1] == 0 and max(r["lr"] for r in rows if r["split"] == "train" and r["epoch"] == 1) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["native", "fused"])
+def test_train_says_which_kernels_it_runs(tmp_path, capsys, name):
+    from rnnkit import kernels
+
+    if name == "native" and not kernels.native.available():
+        pytest.skip("native kernels not built")
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(bundled_text()[:3_000], encoding="utf-8")
+    with kernels.using(name):
+        assert cli.main(["train", "--corpus", str(corpus), "--max-steps", "1", "--run-dir", str(tmp_path / "r"),
+                         *TINY]) == 0
+    out = capsys.readouterr().out
+    assert ("kernels: native (C, float32)" if name == "native" else "kernels: fused (NumPy)") in out

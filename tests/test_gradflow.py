@@ -237,6 +237,21 @@ def test_command_line_writes_csv_and_png(tmp_path):
     assert (tmp_path / "out" / "gradflow_activations.png").stat().st_size > 10_000
 
 
+def test_command_line_without_matplotlib_writes_the_csv_and_says_so(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setattr(gf, "_have_matplotlib", lambda: False)
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 20)
+    parser = argparse.ArgumentParser()
+    gf.add_arguments(parser)
+    args = parser.parse_args(["--text", str(text), "--compare", "cells", "--seq-len", "5", "--batch", "2",
+                              "--hidden-size", "4", "--train-steps", "1", "--out", str(tmp_path / "out")])
+    assert gf.run(args) == 0
+    assert (tmp_path / "out" / "gradflow_cells.csv").is_file() and not (tmp_path / "out" / "gradflow_cells.png").exists()
+    assert "matplotlib is not installed, so no PNG" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flag, value, message", [("--batch", "0", "--batch 0; expected an integer >= 1"),
                                                   ("--hidden-size", "-1", "--hidden-size -1; expected"),
                                                   ("--train-steps", "-3", "--train-steps -3; expected an integer >= 0")])

@@ -572,6 +572,8 @@ def run(args) -> int:
     if "reference" in frameworks and reference is None:
         frameworks.remove("reference")
         notes.append("benchmarks/reference_dl2.py not found (run from the repository root): reference skipped")
+    if not frameworks:
+        raise SystemExit("rnnkit bench: nothing left to run: " + "; ".join(notes))
     if env["OPENBLAS_CORETYPE"]:
         notes.append(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} is set: OpenBLAS runs that kernel, not the one "
                      "for this CPU; unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command to measure the machine")

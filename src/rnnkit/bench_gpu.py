@@ -37,11 +37,11 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
 from .bench import CLIP, CONFIGS, LR, reference_train_step  # the CPU benchmark's sizes, clip, rate, step
+from .checkpoint import write_text_atomic
 
 FRAMEWORKS = ("rnnkit", "rnnkit_persistent", "torch", "reference")
 RNNKIT = ("rnnkit", "rnnkit_persistent")  # the variants whose speed is reported as multiples
@@ -467,6 +467,12 @@ def run(args) -> int:
     env["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(json.dumps(env), flush=True)
     rows = []
+
+    def write_json(complete: bool) -> None:  # after every case too: a run cut short keeps what it measured
+        if args.json:
+            data = {"environment": env, "complete": complete, "rows": rows, "ratios": ratios(rows)}
+            write_text_atomic(args.json, json.dumps(data, indent=1))
+
     for kind in args.kinds:
         for config in args.configs:
             for cell in args.cells:
@@ -482,10 +488,10 @@ def run(args) -> int:
                     if "ms" in r:
                         print(f"  {kind} {config}/{cell} {r['framework']}: {r['ms']:.3f} ms", flush=True)
                 rows += case
+                write_json(False)
     print()
     print(format_table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "rows": rows, "ratios": ratios(rows)}, indent=1))
+    write_json(True)
     return 1 if any("error" in r for r in rows) else 0
 
 

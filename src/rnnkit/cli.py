@@ -156,6 +156,7 @@ def cmd_train(argv: list[str]) -> int:
     print(f"task {task_cls.name}: building data and model ...", flush=True)
     task = task_cls.from_config(task_config, seed=train_config.seed)
     print(f"model: {type(task.model).__name__}, {task.model.num_parameters():,} parameters; run dir {train_config.run_dir}")
+    print(_kernels_line(train_config), flush=True)
     Trainer(task, train_config, task_config).fit(resume=args.resume)
     print(f"checkpoints in {Path(train_config.run_dir) / 'checkpoints'}")
     return 0
@@ -239,6 +240,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _kernels_line(train_config) -> str:
+    """Which CPU kernels the run uses, and why not the native ones where they are missing."""
+    from . import kernels
+
+    if getattr(train_config, "device", "cpu") == "cuda":
+        return "kernels: CUDA (CuPy)"
+    name = kernels.selected()
+    if name == "native":
+        return "kernels: native (C, float32)"
+    why = kernels.native.why_unavailable()
+    return f"kernels: {name} (NumPy){f'; native kernels unavailable: {why}' if why else ''}"
+
+
 def _is_demo_run(config: dict, preset: dict) -> bool:
     """Does a run dir's config.json say ``rnnkit demo`` wrote it? The demo's train section is the
     preset's (its time budget aside) with overwrite on, its task section the preset's."""
@@ -295,6 +309,7 @@ def cmd_demo(argv: list[str]) -> int:
     task = LanguageModelTask.from_config(task_config, seed=train_config.seed)
     print(f"model: {task.model.num_parameters():,} parameters; vocabulary {len(task.corpus.vocab)} characters; "
           f"{len(task.corpus.train):,} training characters")
+    print(_kernels_line(train_config), flush=True)
     result = Trainer(task, train_config, task_config).fit()
     print(f"trained {time.perf_counter() - started:.0f} s: best validation loss {result['best_val_loss']:.3f} nats/char")
     best = Path(args.run_dir) / "checkpoints" / "best.safetensors"

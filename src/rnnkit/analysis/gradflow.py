@@ -368,6 +368,12 @@ def write_csv(path, rows: list[dict]) -> Path:
     return path
 
 
+def _have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plot(rows: list[dict], path, title: str) -> Path:
     """One figure: rows = stages (init, trained); columns = ||dL_T/dh_t||, ||dL_T/dx_t||,
     sigma_max(J_t), sigma_max(J_T...J_t); x axis = steps before T."""
@@ -450,6 +456,9 @@ def run(args) -> int:
         csv_path = write_csv(out / f"gradflow_{comparison}.csv", rows)
         title = {"cells": "Gradient flow through time: RNN vs LSTM vs GRU",
                  "activations": "Gradient flow through time: vanilla RNN, tanh vs sigmoid vs relu"}[comparison]
+        if not _have_matplotlib():
+            print(f"wrote {csv_path}; note: matplotlib is not installed, so no PNG (pip install matplotlib)")
+            continue
         png = plot(rows, out / f"gradflow_{comparison}.png", f"{title} (char model, H={args.hidden_size}, "
                    f"T={args.seq_len}, {args.train_steps} training steps)")
         print(f"wrote {csv_path} and {png}")
@@ -483,6 +492,9 @@ def _run_checkpoint(args, out: Path) -> int:
              "grad_x_norm": m["x"][t], "jacobian_sigma_max": m["sigma"][t],
              "product_log10_sigma_max": m["product_log10"][t], "loss_T": m["loss"]} for t in range(args.seq_len)]
     csv_path = write_csv(out / f"gradflow_{name}.csv", rows)
+    if not _have_matplotlib():
+        print(f"wrote {csv_path}; note: matplotlib is not installed, so no PNG (pip install matplotlib)")
+        return 0
     png = plot(rows, out / f"gradflow_{name}.png", f"Gradient flow through time: {name}")
     print(f"wrote {csv_path} and {png}")
     return 0
