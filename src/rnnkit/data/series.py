@@ -25,8 +25,8 @@ def load_series_csv(path: str | os.PathLike, column=None, missing: str = "nan") 
     integers such as years, else str. values: float64, (N,) for one value column, else
     (N, k) in column order. ``column``: None (every column after the first), a column
     name, or a list of names. Empty or NA cells are NaN; ``missing`` = "nan" keeps them,
-    "drop" drops the rows that have any, "interpolate" fills them linearly along time
-    (flat beyond the ends). Blank lines are skipped; an infinite value (``inf``, ``1e400``)
+    "drop" drops the rows that have any, "interpolate" fills them linearly between the
+    neighbouring rows, as for evenly spaced steps (flat beyond the ends). Blank lines are skipped; an infinite value (``inf``, ``1e400``)
     or an invalid date is an error naming its row (the file's line) and column.
 
     The statsmodels ``elnino.csv`` is wide (a YEAR row of twelve months); ``values.reshape(-1)``
