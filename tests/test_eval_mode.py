@@ -132,3 +132,15 @@ def test_inference_between_loss_and_backward_leaves_the_gradients_exact(name, dt
     expected = {n: g for n, _, g in alone.named_parameters()}
     for n, _, g in model.named_parameters():
         np.testing.assert_array_equal(g, expected[n], err_msg=n)
+
+
+def test_evaluating_gives_each_layer_its_own_mode_back():
+    """A model in train mode with one part frozen in eval mode (a fine-tuning setup) keeps it."""
+    model = forecaster()
+    model.train()
+    frozen = next(layer for layer in model.modules() if layer is not model)
+    frozen.eval()
+    before = {id(layer): layer.training for layer in model.modules()}
+    with model.evaluating():
+        assert not any(layer.training for layer in model.modules())
+    assert {id(layer): layer.training for layer in model.modules()} == before and not frozen.training

@@ -11,6 +11,7 @@ from rnnkit.data.text import tokenize
 from rnnkit.data.vocab import Vocab
 from rnnkit.generate import (apply_temperature, encode_prime, generate, greedy, sample_next, softmax, top_k_filter,
                              top_p_filter)
+from rnnkit.layers import Layer
 from rnnkit.models import LanguageModel, LanguageModelConfig
 
 TEXT = "to be or not to be that is the question\nwhether tis nobler in the mind to suffer\n"
@@ -110,16 +111,25 @@ def test_generation_runs_in_eval_mode_and_gives_the_mode_back():
     model = LanguageModel(cfg, vocab=char_model().vocab, seed=0)
     expected = list(generate(model.eval(), "to be", 20, greedy=True))
     model.train()
-    switches = []
-    original = type(model).train
+    blocks, switches = [], []
+    original_block, original_train = type(model).evaluating, Layer.train
+
+    def counting_block(self):
+        blocks.append(1)
+        return original_block(self)
 
     def counting_train(self, mode=True):
         switches.append(mode)
-        return original(self, mode)
+        return original_train(self, mode)
 
-    model.train = types.MethodType(counting_train, model)
-    assert list(generate(model, "to be", 20, greedy=True)) == expected
-    assert switches == [False, True] and model.training and model.rnn.training
+    model.evaluating = types.MethodType(counting_block, model)
+    Layer.train = counting_train
+    try:
+        assert list(generate(model, "to be", 20, greedy=True)) == expected
+    finally:
+        Layer.train = original_train
+    # one eval block for the whole loop, and no layer walked into eval mode and back per token
+    assert blocks == [1] and switches == [] and model.training and model.rnn.training
     stream = generate(model, "to be", 20, greedy=True)
     next(stream)
     assert not model.training and not model.rnn.training  # eval mode while it runs

@@ -18,7 +18,7 @@ from .. import backend
 from ..layers.base import Layer
 
 MODEL_REGISTRY: dict[str, type["Model"]] = {}
-_NOT_LAYER_STATE = frozenset({"params", "grads", "training", "_eval_blocks"})
+_NOT_LAYER_STATE = frozenset({"params", "grads", "_eval_blocks"})
 TRAINER_PREFIX = "optim."  # tensors of the trainer's state inside a training checkpoint
 
 
@@ -51,9 +51,9 @@ class Model(Layer):
         ``LanguageModel.predict`` / ``step`` inside a block skip their own switch and
         snapshot, a walk over every layer twice a call (at one token a call on an S-sized
         model, ~25 of ~90 us). Blocks nest."""
-        was_training = self.training
-        saved = [(layer, _layer_state(layer)) for layer in self.modules()]
-        self.eval()
+        saved = [(layer, _layer_state(layer)) for layer in self.modules()]  # each layer's mode too
+        for layer, _ in saved:  # eval(), without walking the layers again
+            layer.training = False
         self._eval_blocks += 1
         try:
             yield self
@@ -61,7 +61,6 @@ class Model(Layer):
             self._eval_blocks -= 1
             for layer, state in saved:
                 layer.__dict__.update(state)
-            self.train(was_training)
 
     def extra_state(self) -> dict:
         """JSON-able constructor extras saved with the weights (e.g. ``{"vocab": vocab.to_dict()}``)."""
@@ -130,9 +129,12 @@ class Model(Layer):
 
 
 def _layer_state(layer: Layer) -> dict:
-    """What a layer holds besides its parameters and mode: the caches its ``backward`` reads
+    """What a layer holds besides its parameters: its mode, the caches its ``backward`` reads
     (a reference to the embedding that backward hands dx, too) and its carried state. Lists
     and dicts (a cell's stack of step caches) are copied one level, since a forward appends
     to them in place."""
-    return {name: list(value) if type(value) is list else dict(value) if type(value) is dict else value
-            for name, value in vars(layer).items() if name not in _NOT_LAYER_STATE}
+    state = {name: value for name, value in vars(layer).items() if name not in _NOT_LAYER_STATE}
+    for name, value in state.items():
+        if type(value) is list or type(value) is dict:
+            state[name] = value.copy()
+    return state
