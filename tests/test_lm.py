@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import rnnkit
+from rnnkit.data.batching import TBPTTBatcher
 from rnnkit.data.text import bundled_text, load_corpus
 from rnnkit.data.vocab import Vocab
 from rnnkit.models import LanguageModel, LanguageModelConfig
@@ -101,20 +102,44 @@ def test_pytorch_style_state_dict_with_both_tied_names_loads():
 
 
 # ----------------------------------------------------------------------------------- behaviour
-def test_small_lm_learns_real_text(tmp_path):
-    """On 60k characters of Shakespeare, loss falls far below log(V) within seconds.
+def bigram_cross_entropy(train_ids, pairs, vocab_size: int) -> float:
+    """Mean -log p(next | previous) over ``pairs`` (x, y) of an add-one smoothed bigram model
+    fitted on the stream ``train_ids``: what a model without context beyond the previous token
+    (such as a network whose state never crosses a token) can reach."""
+    train_ids = np.asarray(train_ids, dtype=np.int64)
+    counts = np.ones((vocab_size, vocab_size))
+    np.add.at(counts, (train_ids[:-1], train_ids[1:]), 1.0)
+    log_p = np.log(counts / counts.sum(axis=1, keepdims=True))
+    x, y = pairs
+    return float(-log_p[x, y].mean())
 
-    log(V) = 4.19 nats is chance; 3.31 nats is the unigram entropy of the text (a model
-    that knows letter frequencies only). Beating that by half a nat needs context.
+
+def test_small_lm_learns_real_text(tmp_path):
+    """On 200k characters of Shakespeare, an LSTM beats the bigram statistics of its own
+    training text by a clear margin within a couple of seconds: it uses context.
+
+    log(V) = 4.19 nats is chance; the unigram entropy of the text is 3.3 nats and the add-one
+    bigram cross-entropy of the validation characters, fitted on the training ones, 2.64 nats.
+    A model that sees only the current character can at best match the bigram figure (a
+    context-free copy of the model reaches 2.70); this one reaches 2.10 within 600 steps, so
+    the 0.3-nat margin leaves both sides about a quarter of a nat. The bigram is scored on
+    exactly the (input, target) pairs the validation loss reads (the first max_eval_tokens
+    characters, in eval_batch_size streams).
     """
-    cfg, task = char_task()
-    chance = math.log(len(task.corpus.vocab))
-    before = task.evaluate("valid")["loss"]
-    trainer = Trainer(task, TrainConfig(epochs=1, lr=5e-3, max_steps=100, run_dir=str(tmp_path / "run"),
+    cfg, task = char_task(chars=200_000, hidden_size=128)
+    vocab_size = len(task.corpus.vocab)
+    chance = math.log(vocab_size)
+    stream = TBPTTBatcher(task.corpus.valid[:cfg.max_eval_tokens + 1], cfg.eval_batch_size, cfg.bptt)
+    pairs = tuple(np.concatenate([chunk[i].ravel() for chunk in stream]) for i in (0, 1))
+    bigram = bigram_cross_entropy(task.corpus.train, pairs, vocab_size)
+    before = task.evaluate("valid")
+    assert before["tokens"] == len(pairs[1])  # the bigram reads the very pairs the model is scored on
+    trainer = Trainer(task, TrainConfig(epochs=2, lr=1e-2, max_steps=600, run_dir=str(tmp_path / "run"),
                                         progress=False, plot=False, eval_test=False), cfg)
     result = trainer.fit()
-    assert before > 0.95 * chance
-    assert result["best_val_loss"] < 2.8, result
+    assert before["loss"] > 0.95 * chance
+    assert 2.5 < bigram < 3.0, bigram  # the baseline itself is sane (unigram: 3.3, chance: 4.19)
+    assert result["best_val_loss"] < bigram - 0.3, (result, bigram)
 
 
 def test_state_carries_across_chunks_and_reset_forgets_it():
