@@ -71,8 +71,11 @@ def test_recurrent_layer(cls, act, layers, bidir, variant):
         inputs = (x * 6.0, _state(cls, L, scale=3.0))
     report = rnnkit.gradcheck(layer, inputs, forward_kwargs=kwargs)
     assert report.passed(TOL), str(report)
-    n_params = len(list(layer.named_parameters()))
-    assert len(report.errors) >= n_params + 1  # every parameter and x were checked
+    # exactly every parameter, x and (when given) every array of the initial state were checked
+    expected = {n for n, _, _ in layer.named_parameters()} | {"input.0"}
+    if len(inputs) > 1:
+        expected |= {"input.1.0", "input.1.1"} if cls is LSTM else {"input.1"}
+    assert set(report.errors) == expected and not report.unchecked, str(report)
 
 
 @pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
@@ -191,7 +194,9 @@ def test_mse_loss_masked():
     rng = _rng(17)
     pred, target = rng.standard_normal((B, T, 2)), rng.standard_normal((B, T, 2))
     mask = rng.random((B, T)) > 0.5
-    assert rnnkit.gradcheck(MSELoss(), (pred, target), forward_kwargs={"mask": mask}).passed(TOL)
+    # the target is data: MSELoss.backward returns the gradient of the prediction only
+    report = rnnkit.gradcheck(MSELoss(), (pred, target), forward_kwargs={"mask": mask}, allow_unchecked=("input.1",))
+    assert report.passed(TOL) and set(report.errors) == {"input.0"} and set(report.unchecked) == {"input.1"}, str(report)
 
 
 def test_dropout_is_inverted_and_checkable():
@@ -218,3 +223,42 @@ def test_gradcheck_catches_a_wrong_backward():
     layer = BrokenLSTM(D, H, dtype=F64, seed=21)
     report = rnnkit.gradcheck(layer, (_rng(22).standard_normal((B, T, D)),))
     assert not report.passed(TOL) and report.worst == "weight_hh_l0"
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM])
+def test_gradcheck_fails_on_an_input_gradient_backward_drops(cls):
+    """A float input whose gradient backward does not return is reported, and fails the check."""
+
+    class NoStateGradient(cls):
+        def backward(self, dy=None, dstate=None):
+            dx = super().backward(dy, dstate)
+            self.dstate0 = None  # the initial state's gradient is lost
+            return dx
+
+    layer = NoStateGradient(D, H, dtype=F64, seed=23)
+    x = _rng(24).standard_normal((B, T, D))
+    state = _state(cls, 1)
+    state_names = {"input.1.0", "input.1.1"} if cls is LSTM else {"input.1"}
+    report = rnnkit.gradcheck(layer, (x, state))
+    assert report.max_rel_error < TOL and not report.passed(TOL)
+    assert set(report.unchecked) == set(report.missing) == state_names and "input.0" in report.errors
+    assert all(n in str(report) for n in state_names) and "not allowed" in str(report)
+    # allowed by name (a prefix covers the leaves below it), the check passes but still lists them
+    allowed = rnnkit.gradcheck(layer, (x, state), allow_unchecked=("input.1",))
+    assert allowed.passed(TOL) and set(allowed.unchecked) == state_names and not allowed.missing
+    assert "(allowed)" in str(allowed)
+    with pytest.raises(ValueError, match="input.2"):
+        rnnkit.gradcheck(layer, (x, state), allow_unchecked=("input.2",))  # a typo must not allow anything
+    # check_inputs=False: parameters only; every float input is listed, none fails the check
+    params_only = rnnkit.gradcheck(layer, (x, state), check_inputs=False)
+    assert params_only.passed(TOL) and set(params_only.unchecked) == {"input.0"} | state_names
+    assert not any(n.startswith("input") for n in params_only.errors)
+
+
+def test_gradcheck_fails_on_an_input_gradient_of_the_wrong_shape():
+    class WrongShape(Linear):
+        def backward(self, dy):
+            return super().backward(dy)[:, :-1]
+
+    report = rnnkit.gradcheck(WrongShape(D, 7, dtype=F64, seed=25), (_rng(26).standard_normal((B, T, D)),))
+    assert not report.passed(TOL) and set(report.unchecked) == {"input.0"} and "shape" in report.unchecked["input.0"]
