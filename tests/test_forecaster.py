@@ -21,6 +21,7 @@ from script_helpers import load_script
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RNNKIT_DATA", ROOT.parent / "shared" / "data"))
 AIR = DATA / "air-passengers" / "AirPassengers.csv"
+AIR_DIR = DATA if AIR.is_file() else ROOT / "tests" / "data"  # a byte-for-byte copy rides with the tests
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -342,13 +343,21 @@ def test_learns_noisy_sine_better_than_naive():
     assert m["mae"] < 0.4 * m["naive_mae"], m
 
 
-@pytest.mark.skipif(not AIR.is_file(), reason="air passengers data not found (set RNNKIT_DATA)")
 def test_air_passengers_beats_seasonal_naive(tmp_path):
-    cfg = ForecastConfig(dataset="air-passengers", data_dir=str(DATA), hidden_size=16, batch_size=16)
+    """Learns, not just runs: a zero output layer already forecasts seasonal naive plus the
+    training part's mean yearly change (MAPE 3.3 % against naive's 10.5 %, validation loss 1.49),
+    so the trained network must also cut the validation loss well below that model's."""
+    cfg = ForecastConfig(dataset="air-passengers", data_dir=str(AIR_DIR), hidden_size=16, batch_size=16)
+    untrained = ForecastTask.from_config(cfg, seed=0)
+    for name, p, _ in untrained.model.named_parameters():
+        if name.startswith("output."):
+            p[...] = 0
+    drift = untrained.evaluate("valid")["loss"]
     task = ForecastTask.from_config(cfg, seed=0)
     assert (task.config.transform, task.config.difference, task.config.season) == ("log", 12, 12)
     assert {k: len(v) for k, v in task.origins.items()} == {"train": 60, "valid": 24, "test": 24}
     train(task, epochs=40, lr=3e-3)
+    assert task.evaluate("valid")["loss"] < 0.5 * drift  # 0.32-0.36 against 1.49 (seeds 0-2)
     m = task.evaluate("test")
     assert m["mape"] < 0.6 * m["naive_mape"], m
     ckpt = task.model.save(tmp_path / "f.safetensors", meta=task.extra_meta())

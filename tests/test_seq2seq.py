@@ -184,7 +184,6 @@ def test_beam_search_is_exhaustive_when_the_beam_holds_everything(length_penalty
 def test_search_results_are_consistent():
     table, step = _chain(V=6, seed=1)
     state = np.zeros(5)
-    tokens = np.full(5, 5)
     greedy = greedy_search(step, state, 5, 0, max_len=6)
     beams = beam_search(step, state, 5, 0, beam_size=3, max_len=6)
     assert all(len(b) == 3 for b in beams)
@@ -195,7 +194,7 @@ def test_search_results_are_consistent():
         for h in hyps:  # scores are the sums of the step log-probabilities
             seq = [5] + h.tokens + ([0] if h.finished else [])
             assert h.score == pytest.approx(sum(table[a, b] for a, b in zip(seq[:-1], seq[1:])))
-    assert tokens.shape == (5,)
+    assert len(greedy) == len(beams) == 5  # one result per example of the batch
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -242,8 +241,8 @@ def test_learns_dates_in_seconds():
     """~140 steps on 1,500 date pairs: held-out next-character accuracy far above what the
     answers alone allow (so it reads the question), and loss far below chance."""
     data = shared_data() / "dl2-date" / "date.txt"
-    if not data.is_file():
-        pytest.skip(f"no date data at {data} (set RNNKIT_DATA)")
+    if not data.is_file():  # without the shared data: every 20th line of it, which rides with the tests
+        data = ROOT / "tests" / "data" / "dl2-date" / "date-2500.txt"
     from rnnkit.optim import Adam, clip_grad_norm
     from rnnkit.tasks.seq2seq import Seq2SeqTask, Seq2SeqTaskConfig
 
