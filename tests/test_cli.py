@@ -297,3 +297,58 @@ def test_train_says_which_kernels_it_runs(tmp_path, capsys, name):
                          *TINY]) == 0
     out = capsys.readouterr().out
     assert ("kernels: native (C, float32)" if name == "native" else "kernels: fused (NumPy)") in out
+
+
+# ----------------------------------------------------------------------------------- the task's name, config files
+def test_task_name_follows_the_documented_precedence(tmp_path, monkeypatch):
+    """defaults < a resumed run's config.json < --preset < --config < flags, for the task's name too."""
+    monkeypatch.chdir(tmp_path)
+    forecast = tmp_path / "fc.toml"
+    forecast.write_text('[task]\nname = "forecast"\n', encoding="utf-8")
+    assert cli._task_name(["--preset", "demo", "--config", str(forecast)]) == "forecast"  # --config beats --preset
+    assert cli._task_name(["--preset", "demo", "--config", str(forecast), "--task", "seq2seq"]) == "seq2seq"
+    assert cli._task_name(["--preset", "demo"]) == "lm"
+    # --resume finds config.json in the run_dir a --config file gives, not only in --run-dir or runs/latest
+    run_dir = tmp_path / "elsewhere"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"train": {"run_dir": str(run_dir)},
+                                                     "task": {"name": "seq2seq"}}), encoding="utf-8")
+    resume = tmp_path / "resume.toml"
+    resume.write_text(f'[train]\nrun_dir = "{run_dir.as_posix()}"\nmax_steps = 9\n', encoding="utf-8")
+    assert cli._task_name(["--resume", "--config", str(resume)]) == "seq2seq"
+    assert cli._task_name(["--resume", "--run-dir", str(run_dir)]) == "seq2seq"
+    assert cli._task_name(["--resume", "--config", str(resume), "--run-dir", str(tmp_path / "none")]) == "lm"
+    resume.write_text(f'[train]\nrun_dir = "{run_dir.as_posix()}"\n[task]\nname = "classify"\n', encoding="utf-8")
+    assert cli._task_name(["--resume", "--config", str(resume)]) == "classify"  # --config beats the saved run's
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("five.json", b"5", "config file {p}: holds int 5; expected a table with [train] and [task] sections"),
+    ("list.json", b"[1]", "config file {p}: holds list [1]; expected a table"),
+    ("t5.json", b'{"train": 5}', "config file {p}: section 'train' is int 5; expected a table"),
+    ("tl.json", b'{"task": "lm"}', "config file {p}: section 'task' is str 'lm'; expected a table"),
+    ("n.json", b'{"task": {"name": 5}}', "task name 5; expected a string"),
+    ("bin.toml", b"\xff\xfe[train]", "config file {p}: cannot read ('utf-8' codec can't decode"),
+    ("c.yaml", b"[train]\nlr = 1\n", "config file {p}: extension '.yaml'; expected .toml or .json"),
+    ("c.JSON", b'{"train": {"lr": 1}', "config file {p}: not valid JSON"),
+    ("c.TOML", b"[train]\nlr = \n", "config file {p}: not valid TOML"),
+    ("d.toml", None, "config file {p} is a directory"),
+])
+def test_malformed_config_files_are_clear_errors(tmp_path, capsys, monkeypatch, name, content, message):
+    monkeypatch.chdir(tmp_path)  # a file wrongly accepted must not train into the checkout's runs/
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert cli.main(["train", "--config", str(path), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message.format(p=path) in err and "Traceback" not in err
+
+
+def test_config_file_suffix_is_case_insensitive_like_load_config(tmp_path):
+    path = tmp_path / "c.JSON"
+    path.write_text('{"train": {"lr": 0.5}, "task": {"hidden_size": 7}}', encoding="utf-8")
+    args = cli.build_train_parser(get_task("lm")).parse_args(["--config", str(path)])
+    train_config, task_config = cli.resolve_train_config(get_task("lm"), args)
+    assert train_config.lr == 0.5 and task_config.hidden_size == 7

@@ -166,3 +166,30 @@ def test_load_config_errors_name_the_file(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="list.json: RunConfig: got list"):
         load_config(RunConfig, listed)
+
+
+def test_read_config_file_checks_the_sections_and_names_the_file(tmp_path):
+    from rnnkit.config import read_config_file
+
+    upper = tmp_path / "c.JSON"
+    upper.write_text('{"train": {"lr": 1}}')
+    assert read_config_file(upper, sections=("train", "task")) == {"train": {"lr": 1}}
+    for text, message in [("5", "holds int 5; expected a table with [train] and [task] sections"),
+                          ('{"train": [1]}', "section 'train' is list [1]; expected a table"),
+                          ('{"model": {}}', r"unknown section(s) ['model']; expected [train] and [task]")]:
+        upper.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            read_config_file(upper, sections=("train", "task"))
+        assert str(info.value).startswith(f"config file {upper}: ") and message in str(info.value)
+    folder = tmp_path / "d.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="d.toml is a directory"):
+        load_config(RunConfig, folder)
+    undecodable = tmp_path / "bin.toml"
+    undecodable.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"bin.toml: cannot read \('utf-8' codec"):
+        read_config_file(undecodable)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="list.json: RunConfig: got list"):  # overrides or not
+        load_config(RunConfig, listed, overrides={"train.epochs": 4})

@@ -206,7 +206,8 @@ def test_shared_data_dir_reads_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNKIT_DATA", str(tmp_path))
     assert shared_data_dir() == tmp_path
     monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "missing"))
-    assert shared_data_dir() is None
+    with pytest.raises(FileNotFoundError, match="RNNKIT_DATA=.*missing.* is not a folder"):  # not read as unset
+        shared_data_dir()
     monkeypatch.delenv("RNNKIT_DATA")
     assert shared_data_dir() is None
 

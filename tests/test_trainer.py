@@ -698,3 +698,94 @@ def test_resume_without_a_checkpoint_after_a_kill_in_the_first_save(tmp_path):
     (tmp_path / "checkpoints" / ".ckpt-3.safetensors.tmp").write_bytes(b"cut")
     (tmp_path / "config.json").write_text("{}")
     assert Trainer(ToyTask([1.0]), tc).fit(resume=True)["epochs"] == 1
+
+
+# ----------------------------------------------------------------------------------- resume keeps the model
+def lm_run(run_dir, resume=False, callbacks=(), task_overrides=None, **train_overrides):
+    """A tiny LM run with hidden = embedding size (so tie_weights is possible); returns (result, trainer)."""
+    cfg, task = tiny_lm_task()
+    cfg = dataclasses.replace(cfg, embedding_size=24, **(task_overrides or {}))
+    task = LanguageModelTask(cfg, task.corpus, seed=train_overrides.pop("task_seed", 0))
+    options = dict(epochs=1, lr=3e-3, run_dir=str(run_dir), progress=False, eval_test=False, log_every=1, plot=False)
+    trainer = Trainer(task, TrainConfig(**{**options, **train_overrides}), cfg, callbacks=callbacks)
+    return trainer.fit(resume=resume), trainer
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_with_another_model_is_refused_naming_every_field(tmp_path, optimizer):
+    lm_run(tmp_path, optimizer=optimizer, max_steps=3, task_overrides={"num_layers": 2})
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"num_layers 1 differs from the run's 2: a resumed run keeps its model; "
+                                         r"start a new run_dir to change it"):
+        lm_run(tmp_path, resume=True, optimizer=optimizer, task_overrides={"num_layers": 1})
+    with pytest.raises(ValueError) as info:
+        lm_run(tmp_path, resume=True, optimizer=optimizer,
+               task_overrides={"num_layers": 2, "bias_hh": False, "tie_weights": True})
+    assert "bias_hh False differs from the run's True" in str(info.value)
+    assert "tie_weights True differs from the run's False" in str(info.value)
+    assert (tmp_path / "config.json").read_text() == before  # a refused resume leaves the run's config
+    _, trainer = lm_run(tmp_path, resume=True, optimizer=optimizer, max_steps=5, epochs=2,
+                        task_overrides={"num_layers": 2})  # the same model still resumes
+    assert trainer.step == 5 and trainer.model.config.num_layers == 2
+
+
+def test_resume_refuses_a_checkpoint_whose_weights_do_not_fit_the_model(tmp_path):
+    """Same model config, other weights (a layer added behind the config's back): not silently dropped."""
+    tc = TrainConfig(epochs=1, optimizer="sgd", lr=0.1, plot=False, run_dir=str(tmp_path), progress=False)
+    Trainer(ToyTask([1.0]), tc).fit()
+    task = ToyTask([1.0, 1.0])
+    task.model.extra = Linear(3, 1, rng=np.random.default_rng(1))
+    with pytest.raises(ValueError, match=r"weights do not fit this run's model \(missing \['extra\."):
+        Trainer(task, dataclasses.replace(tc, epochs=2)).fit(resume=True)
+
+
+def test_resume_mid_epoch_refuses_other_batching_and_allows_it_at_an_epoch_end(tmp_path, capsys):
+    lm_run(tmp_path, max_steps=3, task_overrides={"batching": "reset"})  # stops mid-epoch, batch 3
+    before = (tmp_path / "config.json").read_text()
+    for overrides, field_text in [({"batch_size": 4}, "batch_size 4 differs from the run's 8"),
+                                  ({"bptt": 8}, "bptt 8 differs from the run's 16"),
+                                  ({"batching": "ring"}, "batching 'ring' differs from the run's 'reset'"),
+                                  ({"task_seed": 3}, "seed 3 differs from the run's 0")]:
+        task_overrides = {k: v for k, v in overrides.items() if k != "task_seed"}
+        seed = {"task_seed": overrides["task_seed"]} if "task_seed" in overrides else {}
+        with pytest.raises(ValueError, match=field_text + r": the run stopped mid-epoch \(epoch 1, batch 3\)"):
+            lm_run(tmp_path, resume=True, task_overrides=task_overrides, **seed)
+    assert (tmp_path / "config.json").read_text() == before  # config.json is written after the checks only
+    lm_run(tmp_path, resume=True)  # the run's own values go on to the epoch end
+    capsys.readouterr()
+    _, trainer = lm_run(tmp_path, resume=True, epochs=2, max_steps=trainer_steps(tmp_path) + 2, task_seed=3)
+    assert "note: seed 3 differs from the run's 0; the run resumes at an epoch end" in capsys.readouterr().out
+    assert trainer.epoch == 1 and trainer.batch_index == 2
+
+
+def trainer_steps(run_dir) -> int:
+    from rnnkit.checkpoint import load_checkpoint
+    _, meta = load_checkpoint(CheckpointManager(Path(run_dir) / "checkpoints").latest())
+    return int(meta["trainer"]["step"])
+
+
+def test_ring_batching_refuses_other_batching_even_at_an_epoch_end(tmp_path):
+    lm_run(tmp_path, task_overrides={"batching": "ring"})  # one whole epoch; the carry is in the checkpoint
+    with pytest.raises(ValueError, match="batch_size 4 differs from the run's 8: the checkpoint holds the recurrent "
+                                         "state carried across epochs"):
+        lm_run(tmp_path, resume=True, epochs=2, task_overrides={"batching": "ring", "batch_size": 4})
+
+
+def test_non_finite_or_negative_rates_are_refused_naming_the_field():
+    for kwargs, message in [
+        (dict(lr=math.inf), "lr inf; expected > 0 and finite"),
+        (dict(lr=math.nan), "lr nan"),
+        (dict(lr=0.0), "lr 0.0; expected > 0"),
+        (dict(momentum=math.nan), r"momentum nan; expected 0 <= momentum < 1"),
+        (dict(momentum=-1.0), r"momentum -1.0; expected 0 <= momentum < 1"),
+        (dict(momentum=1.0), r"momentum 1.0; expected 0 <= momentum < 1"),
+        (dict(weight_decay=-5.0), "weight_decay -5.0; expected >= 0 and finite"),
+        (dict(weight_decay=math.inf), "weight_decay inf"),
+        (dict(weight_decay=math.nan), "weight_decay nan"),
+        (dict(min_lr=math.inf), "min_lr inf; expected >= 0 and finite"),
+        (dict(min_lr=math.nan), "min_lr nan"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)
+    TrainConfig(optimizer="sgd", lr=1e-4, momentum=0.99, nesterov=True, weight_decay=0.0, min_lr=0.0)
+    TrainConfig(lr=10.0, momentum=0.0, weight_decay=1e-2, min_lr=1e-6)

@@ -7,8 +7,11 @@
     rnnkit gradflow | inspect | bench | bench-gpu the analysis and benchmark tools
 
 Config precedence for ``train``: field defaults < ``--preset`` < ``--config FILE`` < flags.
-A config file is TOML (or JSON) with a ``[train]`` section (the trainer) and a ``[task]``
-section (data and model; ``name = "lm"`` picks the task). Unknown keys are errors.
+A config file is TOML (``.toml``) or JSON (``.json``, either suffix in any case) with a ``[train]``
+section (the trainer) and a ``[task]`` section (data and model; ``name = "lm"`` picks the task,
+with the same precedence: ``--task`` beats ``--config``'s, which beats ``--preset``'s). Unknown
+keys are errors. ``--resume`` reads the run's ``config.json`` from the run_dir that ``--run-dir``,
+else ``--config``, else ``--preset`` gives (else runs/latest), beneath all of them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-from .config import ConfigError, from_dict, merge_overrides
+from .config import ConfigError, from_dict, merge_overrides, read_config_file
 
 PRESETS = "presets"
 TOOLS = {"gradflow": "rnnkit.analysis.gradflow", "inspect": "rnnkit.analysis.inspect", "bench": "rnnkit.bench",
@@ -58,21 +61,8 @@ def _collect(args, prefix: str) -> dict:
 
 
 def _read_config_file(path: str) -> dict:
-    import json
-    import tomllib
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-    unknown = set(data) - {"train", "task"}
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; expected [train] and [task]")
-    return data
+    """A --config file (or a run's config.json): a table of [train] and [task] tables (config.read_config_file)."""
+    return read_config_file(path, sections=("train", "task"))
 
 
 def _preset(name: str) -> dict:
@@ -90,7 +80,11 @@ def list_presets() -> list[str]:
 
 
 def _task_name(argv: list[str]) -> str:
-    """The task, known before the parser is built (its flags depend on it)."""
+    """The task, known before the parser is built (its flags depend on it). The precedence is
+    every other setting's (:func:`resolve_train_config`): a resumed run's config.json < ``--preset``
+    < ``--config`` < ``--task``; the highest that names a task wins, else "lm". With ``--resume``,
+    config.json is looked for in the run_dir the same precedence gives (``--run-dir``, else
+    ``--config``'s, else ``--preset``'s, else runs/latest)."""
     pre = argparse.ArgumentParser(add_help=False)
     for flag in ("--task", "--preset", "--config", "--run-dir"):
         pre.add_argument(flag)
@@ -100,13 +94,25 @@ def _task_name(argv: list[str]) -> str:
         return known.task
     sources = ([_preset(known.preset)] if known.preset else []) + ([_read_config_file(known.config)] if known.config else [])
     if known.resume:
-        saved = Path(known.run_dir or "runs/latest") / "config.json"
-        sources += [_read_config_file(str(saved))] if saved.exists() else []
-    for source in sources:
+        run_dir = known.run_dir
+        for source in reversed(sources):
+            given = source.get("train", {}).get("run_dir")
+            run_dir = run_dir or (given if isinstance(given, str) else None)  # a wrong type: from_dict says so
+        saved = Path(run_dir or _default_run_dir()) / "config.json"
+        sources = ([_read_config_file(str(saved))] if saved.exists() else []) + sources
+    for source in reversed(sources):  # the highest precedence first
         name = source.get("task", {}).get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"task name {name!r}; expected a string such as 'lm'")
         if name:
             return name
     return "lm"
+
+
+def _default_run_dir() -> str:
+    from .train.trainer import TrainConfig
+
+    return TrainConfig.run_dir
 
 
 # --------------------------------------------------------------------------- commands

@@ -189,28 +189,56 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return result
 
 
-def load_config(cls, path, overrides: Mapping | None = None):
-    """Read a ``.toml`` or ``.json`` file into dataclass ``cls``, ``overrides`` on top.
+def read_config_file(path, sections: Iterable[str] | None = None) -> dict:
+    """The parsed content of a ``.toml`` or ``.json`` file (the suffix in any case: ``c.JSON``).
 
-    Raises :class:`ConfigError` naming the file for a missing file, a syntax error, or
-    any problem :func:`from_dict` finds.
+    Raises :class:`ConfigError` naming the file for another suffix, a missing or unreadable
+    file (a directory, no permission, bytes that are not UTF-8) and a syntax error. With
+    ``sections`` (e.g. ``("train", "task")``) the top level must be a table holding only those
+    keys, each a table; without, the content is returned as parsed (for :func:`from_dict` to check).
     """
     path = Path(path)
     kind = path.suffix.lower()
     if kind not in (".toml", ".json"):
-        raise ConfigError(f"config file {path}: extension {kind!r}; expected .toml or .json")
+        raise ConfigError(f"config file {path}: extension {path.suffix!r}; expected .toml or .json")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: cannot read ({e})") from None
     try:
         data = tomllib.loads(text) if kind == ".toml" else json.loads(text)
     except (ValueError, RecursionError) as e:
         raise ConfigError(f"config file {path}: not valid {kind[1:].upper()} ({e})") from None
+    if sections is None:
+        return data
+    sections = list(sections)
+    expected = " and ".join(f"[{name}]" for name in sections)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path}: holds {_show(data)}; expected a table with {expected} sections")
+    unknown = sorted(set(data) - set(sections), key=str)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {unknown}; expected {expected}")
+    for name in sections:
+        if name in data and not isinstance(data[name], Mapping):
+            raise ConfigError(f"config file {path}: section {name!r} is {_show(data[name])}; expected a table of "
+                              "keys and values")
+    return data
+
+
+def load_config(cls, path, overrides: Mapping | None = None):
+    """Read a ``.toml`` or ``.json`` file into dataclass ``cls``, ``overrides`` on top.
+
+    Raises :class:`ConfigError` naming the file for a missing file, a syntax error, or
+    any problem :func:`from_dict` finds (see :func:`read_config_file`).
+    """
+    path = Path(path)
+    data = read_config_file(path)
     try:
-        return from_dict(cls, merge_overrides(data, overrides) if overrides else data)
+        return from_dict(cls, merge_overrides(data, overrides) if overrides and isinstance(data, Mapping) else data)
     except ConfigError as e:
         raise ConfigError(f"config file {path}: {e}") from None
 

@@ -187,14 +187,20 @@ def split_contiguous(items, fractions) -> list:
 
 
 def shared_data_dir() -> Path | None:
-    """The folder named by the environment variable ``RNNKIT_DATA`` if it is set and exists, else None.
+    """The folder named by the environment variable ``RNNKIT_DATA``, or None when it is unset or empty.
 
-    Library functions take paths explicitly; this is for the command line and the tests.
+    Set to anything but a folder (a typo, a moved data set), it is a FileNotFoundError naming the
+    variable and its value, rather than silently treated as unset. Library functions take paths
+    explicitly; this is for the command line and the tests.
     """
     value = os.environ.get("RNNKIT_DATA")
-    if value and Path(value).is_dir():
-        return Path(value)
-    return None
+    if not value:
+        return None
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"environment variable RNNKIT_DATA={value!r} is not a folder"
+                                f"{' (it does not exist)' if not Path(value).exists() else ''}; point it at the "
+                                "data folder, or unset it")
+    return Path(value)
 
 
 def fraction_bounds(n: int, fractions) -> list[int]:

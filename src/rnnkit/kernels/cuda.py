@@ -34,7 +34,6 @@ is installed; ``tests/test_gpu_emulated.py`` runs every GPU test that way.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 
 from .. import backend
 from . import fused
+from .native import env_flag
 
 SOURCE_PATH = Path(__file__).with_name("cuda_cells.cu")
 BLOCK = 256  # threads per block
@@ -301,7 +301,7 @@ def loop_takes(cache, xw) -> bool:
 
 
 # ------------------------------------------------------- the persistent loops (opt-in)
-_PERSISTENT = [os.environ.get("RNNKIT_CUDA_PERSISTENT", "0") == "1"]
+_PERSISTENT = [env_flag("RNNKIT_CUDA_PERSISTENT", False)]  # 1/true/on/yes; a bad value is refused
 TILE_BYTES = 16 * 1024  # the backward's tile of dA_t in shared memory
 _cooperative: dict = {}
 _limits: list = []  # per device id: (multiprocessors, opt-in shared bytes), read once

@@ -33,6 +33,15 @@ tens of MiB each time, and with glibc's defaults each of those arrays came back 
 pages, faulted in and zeroed by the kernel (measured: ~2,000 page faults and 16-24 ms of
 system time per step of the benchmark's models, 27 % of the S step). The resident set
 then stays at the run's high-water mark. ``RNNKIT_MALLOC_TUNING=0`` keeps glibc's defaults.
+
+Environment variables, read when rnnkit is imported (``RNNKIT_NUM_THREADS`` also at each call,
+so it may change in between). A bad value is a ValueError naming the variable, raised at import:
+``RNNKIT_NATIVE``, ``RNNKIT_OPENBLAS_HOOK``, ``RNNKIT_MALLOC_TUNING`` (default on) and
+``RNNKIT_CUDA_PERSISTENT`` (default off) are switches: ``1 true on yes`` / ``0 false off no``, in
+any case, spaces around ignored, empty meaning the default. ``RNNKIT_NUM_THREADS`` is an integer
+>= 1 (0 or a negative number is refused, not read as 1); empty or unset: OpenBLAS's count.
+``RNNKIT_SPIN_US`` is an integer number of microseconds, clamped to 0 .. 100,000 (0.1 s, as long as
+OpenBLAS's own workers spin).
 """
 from __future__ import annotations
 
@@ -53,6 +62,69 @@ _blas_threads = None  # ctypes function: OpenBLAS's current thread count
 _hooked = False
 
 
+SPIN_US_RANGE = (0, 100_000)  # RNNKIT_SPIN_US is clamped to this
+_SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The switch in environment variable ``name``: 1/true/on/yes or 0/false/off/no (any case,
+    stripped); unset or empty: ``default``. Anything else is a ValueError naming the variable."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    flag = _SWITCH.get(value.strip().lower())
+    if flag is None:
+        raise ValueError(f"environment variable {name}={value!r}; expected 1/true/on/yes or 0/false/off/no "
+                         f"(unset: {'on' if default else 'off'})")
+    return flag
+
+
+def _env_int(name: str, value: str, expected: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r}; expected {expected}") from None
+
+
+def spin_us() -> int:
+    """``RNNKIT_SPIN_US`` (default :data:`SPIN_US`), clamped to :data:`SPIN_US_RANGE`."""
+    value = os.environ.get("RNNKIT_SPIN_US", "")
+    if not value.strip():
+        return SPIN_US
+    low, high = SPIN_US_RANGE
+    us = _env_int("RNNKIT_SPIN_US", value, f"an integer number of microseconds ({low} to {high:,}; default {SPIN_US})")
+    return min(max(us, low), high)
+
+
+_threads_parsed: dict[str, int | None] = {}  # RNNKIT_NUM_THREADS value -> count (None: not set)
+
+
+def _env_threads() -> int | None:
+    """``RNNKIT_NUM_THREADS`` as a count >= 1, or None when unset or empty; else a ValueError."""
+    value = os.environ.get("RNNKIT_NUM_THREADS", "")
+    count = _threads_parsed.get(value, -1)
+    if count != -1:
+        return count
+    if not value.strip():
+        count = None
+    else:
+        count = _env_int("RNNKIT_NUM_THREADS", value, "an integer number of threads >= 1")
+        if count < 1:
+            raise ValueError(f"environment variable RNNKIT_NUM_THREADS={value!r}; expected an integer number of "
+                             "threads >= 1 (unset: OpenBLAS's count)")
+    _threads_parsed[value] = count
+    return count
+
+
+def check_environment() -> None:
+    """Read every RNNKIT_* variable of the CPU kernels once, so a bad value is refused up front."""
+    env_flag("RNNKIT_NATIVE", True)
+    env_flag("RNNKIT_OPENBLAS_HOOK", True)
+    env_flag("RNNKIT_MALLOC_TUNING", True)
+    spin_us()
+    _env_threads()
+
+
 def _library_path() -> str | None:
     spec = importlib.util.find_spec("rnnkit.kernels._native")
     return spec.origin if spec is not None else None
@@ -62,8 +134,9 @@ def _load():
     global _lib, _load_error
     if _lib is not None or _load_error is not None:
         return _lib
-    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
-        _load_error = "disabled by RNNKIT_NATIVE=0"
+    check_environment()
+    if not env_flag("RNNKIT_NATIVE", True):
+        _load_error = f"disabled by RNNKIT_NATIVE={os.environ['RNNKIT_NATIVE'].strip()}"
         return None
     path = _library_path()
     if path is None:
@@ -108,7 +181,7 @@ def _load():
     if lib.rk_isa() == 0:
         _load_error = "this CPU has neither AVX-512 nor AVX2 + FMA"
         return None
-    lib.rk_set_spin_us(int(os.environ.get("RNNKIT_SPIN_US", SPIN_US)))
+    lib.rk_set_spin_us(spin_us())
     _lib = lib
     return lib
 
@@ -169,7 +242,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 def _tune_malloc() -> bool:
     """Big blocks from the heap, kept after free (glibc only; elsewhere nothing changes)."""
-    if os.environ.get("RNNKIT_MALLOC_TUNING", "1") == "0":
+    if not env_flag("RNNKIT_MALLOC_TUNING", True):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -196,7 +269,7 @@ def _setup_threads() -> None:
     if get is not None:
         get.restype = ctypes.c_int
         _blas_threads = get
-    if os.environ.get("RNNKIT_OPENBLAS_HOOK", "1") != "0":
+    if env_flag("RNNKIT_OPENBLAS_HOOK", True):
         hook = _symbol(blas, "openblas_set_threads_callback_function")
         if hook is not None:
             hook.argtypes = [ctypes.c_void_p]
@@ -205,9 +278,9 @@ def _setup_threads() -> None:
 
 def num_threads() -> int:
     """Threads the kernels use: ``RNNKIT_NUM_THREADS``, else OpenBLAS's count, else the CPUs."""
-    env = os.environ.get("RNNKIT_NUM_THREADS")
-    if env:
-        return max(1, int(env))
+    env = _env_threads()
+    if env is not None:
+        return env
     _setup_threads()
     if _blas_threads is not None:
         return max(1, int(_blas_threads()))

@@ -76,7 +76,8 @@ def _data_dir(config: LMTaskConfig):
 
 
 def load_lm_corpus(config: LMTaskConfig):
-    return load_corpus(config.corpus, level=config.level or None, data_dir=_data_dir(config),
+    data_dir = _data_dir(config) if config.corpus == "ptb" else None  # only ptb reads the data folder
+    return load_corpus(config.corpus, level=config.level or None, data_dir=data_dir,
                        min_freq=config.min_freq, max_size=config.max_size or None)
 
 

@@ -26,6 +26,20 @@ patience move only at complete epochs, so a resumed run's still match). The sche
 its progress only; its parameters come from the resumed run's config, and a note names those that
 changed (e.g. a cosine's total_steps after more ``epochs``: see :class:`rnnkit.optim.CosineLR`).
 
+What a resume may change. A resumed run keeps its model: before anything is loaded, every field
+of the model's config class (``type(model).config_class``, e.g. ``LanguageModelConfig``: the
+layers, sizes, cell, biases, tied weights, dropout) is compared with the checkpoint's, and the
+checkpoint's weight names and shapes with the model's; any difference is a ValueError naming each
+field and both values (start a new run_dir to change them). The data's batching stays too when
+the checkpoint was written mid-epoch (or holds a carried state, ``batching="ring"``): a changed
+``seed``, ``batch_size``, ``bptt`` or ``batching`` is refused, as it changes which batches the
+resumed epoch skips. At an epoch end without a carried state they may change: the following
+epochs are batched and ordered by the new values (``default_rng([seed, epoch])`` with the new
+seed), while every random stream (dropout, ...) goes on from the checkpoint's state; a note says
+so. The trainer's own settings may change freely (``epochs``, ``max_steps``, ``time_budget``, the
+schedule's parameters (with a note), ``early_stopping``, ``log_every``, ``eval_every``,
+``progress``, ``plot``, ...). ``config.json`` is rewritten only once these checks have passed.
+
 Divergence. A non-finite loss or gradient stops the step before the weights change, with
 a :class:`DivergenceError` naming the step and the parameters involved;
 ``on_divergence="rollback"`` instead reloads the last checkpoint's weights and optimizer
@@ -127,8 +141,12 @@ class TrainConfig:
                 raise ValueError(f"{name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
         if self.epochs < 1:
             raise ValueError(f"epochs {self.epochs}; expected >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr {self.lr}; expected > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr {self.lr!r}; expected > 0 and finite")
+        if not 0.0 <= self.momentum < 1.0:  # also refuses NaN
+            raise ValueError(f"momentum {self.momentum!r}; expected 0 <= momentum < 1 (0: none)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay {self.weight_decay!r}; expected >= 0 and finite (0: none)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay {self.ema_decay}; expected 0 <= ema_decay < 1 (0: no weight averaging)")
         for name in ("max_steps", "checkpoint_every", "eval_every", "early_stopping", "max_rollbacks", "lr_patience",
@@ -142,8 +160,8 @@ class TrainConfig:
             raise ValueError(f"time_budget {self.time_budget!r}; expected a finite number of seconds >= 0 (0: no limit)")
         if not self.clip >= 0:  # also refuses NaN
             raise ValueError(f"clip {self.clip!r}; expected >= 0 (0: no clipping)")
-        if not self.min_lr >= 0:
-            raise ValueError(f"min_lr {self.min_lr!r}; expected >= 0")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise ValueError(f"min_lr {self.min_lr!r}; expected >= 0 and finite")
         if not 0 < self.lr_factor < math.inf:
             raise ValueError(f"lr_factor {self.lr_factor!r}; expected > 0 (the lr is multiplied by it)")
         if self.schedule == "plateau" and not self.lr_factor < 1:
@@ -572,17 +590,88 @@ class Trainer:
             if name != "config.json":  # rewritten next, and meanwhile still says whose dir this is
                 (self.run_dir / name).unlink(missing_ok=True)
 
+    def _check_same_model(self, path, tensors: dict, meta: dict) -> None:
+        """Refuse a checkpoint whose model is not this run's: every field of the model's config
+        class (its architecture; from the checkpoint's model config, else the task config's fields
+        of that class) must be the same, and so must the weights' names and shapes."""
+        saved_class, own_class = meta.get("model"), type(self.model).__name__
+        if isinstance(saved_class, str) and saved_class != own_class:
+            raise ValueError(f"{path}: holds a {saved_class} model; this run's is a {own_class}: a resumed run keeps "
+                             "its model; start a new run_dir to change it")
+        cls = getattr(self.model, "config_class", None)
+        now = self.model.config
+        if dataclasses.is_dataclass(now) and not isinstance(now, type):
+            now = _plain_json(dataclasses.asdict(now))
+            saved = meta.get("config")
+            if not isinstance(saved, dict):
+                task_config = meta.get("task_config")
+                names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(now)
+                saved = {k: v for k, v in task_config.items() if k in names} if isinstance(task_config, dict) else {}
+            saved = _plain_json(saved)
+            # a field the checkpoint lacks (written before the field existed) is not compared
+            changed = [f"{k} {now[k]!r} differs from the run's {saved[k]!r}" for k in now
+                       if k in saved and saved[k] != now[k]]
+            if changed:
+                raise ValueError(f"{path}: {', '.join(changed)}: a resumed run keeps its model; start a new run_dir "
+                                 "to change it")
+        own = {n: p.shape for n, p, _ in self.model.named_parameters()}
+        theirs = {n: v.shape for n, v in tensors.items() if not n.startswith(TRAINER_PREFIX)}
+        missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{path}: the checkpoint's weights do not fit this run's model (missing "
+                             f"{missing or 'none'}, unexpected {unexpected or 'none'}): a resumed run keeps its model; "
+                             "start a new run_dir to change it")
+        shapes = [f"{n} {tuple(theirs[n])} (this model: {tuple(shape)})" for n, shape in own.items()
+                  if tuple(theirs[n]) != tuple(shape)]
+        if shapes:
+            raise ValueError(f"{path}: the checkpoint's weights have other shapes: {', '.join(shapes[:5])}: a resumed "
+                             "run keeps its model; start a new run_dir to change it")
+
+    BATCH_FIELDS = ("seed", "batch_size", "bptt", "batching")  # they decide an epoch's batches
+
+    def _check_same_batches(self, path, tensors: dict, meta: dict) -> None:
+        """Mid-epoch (or with a carried state saved at the epoch end: ``batching="ring"``) the run's
+        seed, batch_size, bptt and batching must stay: they decide which batches the resumed epoch
+        skips and what the carried state belongs to. At an epoch end they may change (a note says so)."""
+        t = meta.get("trainer", {})
+        task_config = self.task_config if self.task_config is not None else getattr(self.task, "config", None)
+        now = dataclasses.asdict(task_config) if dataclasses.is_dataclass(task_config) else {}
+        saved = dict(meta.get("task_config") or {})
+        now["seed"] = getattr(self.task, "seed", self.config.seed)
+        saved_seed = meta.get("seed", (meta.get("train_config") or {}).get("seed"))
+        if saved_seed is not None:
+            saved["seed"] = saved_seed
+        changed = [(k, now[k], saved[k]) for k in self.BATCH_FIELDS
+                   if k in now and k in saved and _plain_json(now[k]) != _plain_json(saved[k])]
+        if not changed:
+            return
+        what = ", ".join(f"{k} {a!r} differs from the run's {b!r}" for k, a, b in changed)
+        batch_index = int(t.get("batch_index", 0) or 0)
+        if batch_index:
+            raise ValueError(f"{path}: {what}: the run stopped mid-epoch (epoch {int(t.get('epoch', 0)) + 1}, batch "
+                             f"{batch_index}) and these decide which batches the resumed epoch skips; resume with "
+                             "the run's values (or change them at an epoch end)")
+        if any(n.startswith(CARRY_PREFIX) for n in tensors):
+            raise ValueError(f"{path}: {what}: the checkpoint holds the recurrent state carried across epochs "
+                             "(batching 'ring'), which belongs to the run's batches; resume with the run's values")
+        print(f"note: {what}; the run resumes at an epoch end, so the epochs from here on are batched (and "
+              "ordered) by this run's values, while the random streams (dropout, ...) go on from the checkpoint's "
+              "state", flush=True)
+
     def resume(self) -> bool:
         """Load the latest checkpoint in run_dir: weights, optimizer, schedule, counters, RNG, carry."""
         path = self.checkpoints.latest()
         if path is None:
             print(f"no checkpoint in {self.run_dir / 'checkpoints'}; starting fresh")
             return False
-        _, meta = load_checkpoint(path)
+        tensors, meta = load_checkpoint(path)
         if _plain_json(meta.get("extra", {})) != _plain_json(self.model.extra_state()):
             keys = ", ".join(sorted(meta.get("extra", {}))) or "extra state"
             raise ValueError(f"{path}: the checkpoint's {keys} differ(s) from this run's (other data?); resume with "
                              "the data the run started with, or start a new run_dir")
+        self._check_same_model(path, tensors, meta)
+        self._check_same_batches(path, tensors, meta)
+        del tensors
         meta = self._load_weights(path, with_optimizer=True)
         t = meta["trainer"]
         self.epoch, self.batch_index, self.step = int(t["epoch"]), int(t["batch_index"]), int(t["step"])
