@@ -310,3 +310,13 @@ def test_max_eval_tokens_caps_validation_only():
     assert task.evaluate("test")["tokens"] > 5000
     with pytest.raises(ValueError, match="max_eval_tokens -5; expected an integer >= 0"):
         LMTaskConfig(max_eval_tokens=-5)
+
+
+def test_the_bundled_corpus_does_not_read_the_data_folder(monkeypatch, tmp_path):
+    """A stale RNNKIT_DATA is an error where the data folder is read (ptb), not for the bundled text."""
+    from rnnkit.tasks.lm import load_lm_corpus
+
+    monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "moved"))
+    assert len(load_lm_corpus(LMTaskConfig(corpus="tinyshakespeare")).train) > 10**6
+    with pytest.raises(FileNotFoundError, match="RNNKIT_DATA=.*moved.* is not a folder"):
+        load_lm_corpus(LMTaskConfig(corpus="ptb"))
