@@ -144,7 +144,7 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     assert "unknown section(s) ['trainer']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\xff\xfe\x00bin\x00ary", "")])
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\xff\xfe\x00bin\x00ary", "looks binary (NUL byte at offset 2)")])
 def test_empty_or_binary_corpus_is_a_clear_error(tmp_path, capsys, content, message):
     corpus = tmp_path / "bad.txt"
     corpus.write_bytes(content)

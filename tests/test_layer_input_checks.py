@@ -64,11 +64,19 @@ def test_lstm_dstate_halves_may_be_none():
 
 
 def test_recurrent_dstate_right_shape_gives_the_same_gradient():
-    layer = GRU(D, H, seed=0)
+    """One layer, one direction: h_n is y's last step, so a gradient given as dstate must act
+    exactly like the same gradient given on y's last step."""
     x, dh = _x(), np.random.default_rng(1).standard_normal((1, B, H)).astype(np.float32)
+    layer, same = GRU(D, H, seed=0), GRU(D, H, seed=0)
     layer.forward(x)
     dx = layer.backward(None, dh)
-    assert dx.shape == x.shape and np.abs(dx).sum() > 0
+    y, _ = same.forward(x)
+    dy = np.zeros_like(y)
+    dy[:, -1] = dh[0]
+    np.testing.assert_allclose(dx, same.backward(dy), rtol=1e-5, atol=1e-7)
+    for name, g in layer.grads.items():
+        np.testing.assert_allclose(g, same.grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert np.abs(dx).sum() > 0
 
 
 def test_recurrent_dy_of_wrong_shape():

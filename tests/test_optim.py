@@ -60,15 +60,27 @@ def test_adam_minimises_a_quadratic():
 
 
 def test_optimizer_state_round_trip():
-    m1, m2 = _model(), _model()
+    """The moments and the step count come back: with gradients that change between steps, a
+    fresh Adam (no moments, step 1 again) would take another step than the restored one."""
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal((2, 3)) for _ in range(3)]
+    m1, m2, m3 = _model(), _model(), _model()
     o1, o2 = optim.Adam(m1, lr=0.01), optim.Adam(m2, lr=0.01)
-    o1.step()
-    o2.step()
-    o2b = optim.Adam(m2, lr=1.0)
+    for m, o in ((m1, o1), (m2, o2)):
+        for g in grads[:2]:
+            m.grads["weight"][...] = g
+            o.step()
+    m3.load_state_dict(m2.state_dict())
+    o2b, fresh = optim.Adam(m2, lr=1.0), optim.Adam(m3, lr=0.01)
     o2b.load_state_dict(o2.state_dict())
-    o1.step()
-    o2b.step()
-    np.testing.assert_allclose(m1.params["weight"], m2.params["weight"])
+    assert o2b.step_count == 2 and o2b.lr == 0.01
+    for key, value in o2.state_dict()["tensors"].items():
+        np.testing.assert_array_equal(o2b.state_dict()["tensors"][key], value)
+    for m, o in ((m1, o1), (m2, o2b), (m3, fresh)):
+        m.grads["weight"][...] = grads[2]
+        o.step()
+    np.testing.assert_allclose(m1.params["weight"], m2.params["weight"], rtol=1e-15)
+    assert np.abs(m3.params["weight"] - m1.params["weight"]).max() > 1e-4  # what a lost state would give
 
 
 

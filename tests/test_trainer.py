@@ -172,11 +172,16 @@ def test_eval_every_logs_validation_inside_epochs_without_disturbing_training(tm
     evals = [r for r in rows if r["split"] == "eval"]
     assert [r["step"] for r in evals] == list(range(7, trainer.step + 1, 7))
     assert all(math.isfinite(r["val_loss"]) and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
-    # an evaluation at an epoch's last step sees the same weights as that epoch's own evaluation
+    # an evaluation at an epoch's last step sees the same weights as that epoch's own evaluation:
+    # every epoch_steps-th step is an epoch's last (epochs of 47 steps meet no multiple of 7)
+    epoch_steps = trainer.step // result["epochs"]
+    train(tmp_path / "at_ends", eval_every=epoch_steps)
+    rows = [json.loads(line) for line in (tmp_path / "at_ends" / "metrics.jsonl").read_text().splitlines()]
     ends = {r["step"]: r["val_loss"] for r in rows if r["split"] == "epoch"}
-    for r in evals:
-        if r["step"] in ends:
-            assert r["val_loss"] == pytest.approx(ends[r["step"]], rel=1e-12)
+    at_ends = [r for r in rows if r["split"] == "eval" and r["step"] in ends]
+    assert len(at_ends) == result["epochs"] >= 2
+    for r in at_ends:
+        assert r["val_loss"] == pytest.approx(ends[r["step"]], rel=1e-12)
     with pytest.raises(ValueError, match="eval_every -1"):
         TrainConfig(eval_every=-1)
 
