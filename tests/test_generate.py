@@ -193,3 +193,28 @@ def test_model_without_vocabulary():
     with pytest.raises(ValueError, match="no vocabulary"):
         next(generate(model, "ab", 3))
     assert isinstance(generate, types.FunctionType)
+
+
+def test_logits_with_nan_or_plus_inf_are_refused_by_every_rule():
+    """A model whose weights went NaN used to 'generate' under greedy decoding (argmax picked the NaN)."""
+    rng = np.random.default_rng(0)
+    for bad in ([1.0, np.nan, 2.0], [1.0, np.inf, 2.0]):
+        for kwargs in ({"greedy": True}, {"top_k": 2}, {}, {"top_p": 0.5}):
+            with pytest.raises(ValueError, match=r"1 NaN/\+inf value\(s\) \(first at token 1\)"):
+                sample_next(np.array(bad), rng, **kwargs)
+        with pytest.raises(ValueError, match="NaN/"):
+            greedy(np.array(bad))
+    with pytest.raises(ValueError, match="all -inf"):
+        sample_next(np.array([-np.inf, -np.inf]), rng)
+    assert sample_next(np.array([-np.inf, 0.0, -np.inf]), rng) == 1  # -inf rules a token out
+    with pytest.raises(ValueError, match="top_k 2.5; expected an integer"):
+        top_k_filter(LOGITS, 2.5)
+
+
+def test_perplexity_past_float_range_is_inf():
+    from rnnkit.tasks.lm import evaluate_ids
+
+    model = char_model()
+    model.decoder.params["weight"][...] *= 1e5  # a loss in the thousands
+    result = evaluate_ids(model, np.arange(40) % model.config.vocab_size, 4, 5)
+    assert result["loss"] > 709 and result["ppl"] == float("inf")

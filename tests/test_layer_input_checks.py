@@ -215,3 +215,11 @@ def test_embedding_backward_dy_shape():
     with pytest.raises(ValueError, match=r"dy has shape \(2, 2, 1\); expected \(2, 2, 3\)"):
         emb.backward(np.ones((2, 2, 1), np.float32))
     emb.backward(np.ones((2, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize("make", [lambda: GRU(D, H, dtype=np.float16), lambda: GRU(D, H).to(dtype=np.int32),
+                                  lambda: __import__("rnnkit").Linear(3, 4, dtype=np.float16)])
+def test_parameters_are_float32_or_float64(make):
+    """float16 ran silently (no kernel is written for it), int failed far from the cause."""
+    with pytest.raises(ValueError, match="has dtype (float16|int32); expected float32 or float64"):
+        make()

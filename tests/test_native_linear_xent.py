@@ -134,6 +134,28 @@ def test_extreme_logits_stay_finite_and_nan_stays_in_its_row():
     assert np.isnan(loss[3]) and np.isfinite(np.delete(loss, 3)).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("lo, hi", [(0, 1000), (1000, 2000), (0, 1100), (0, 600)])
+def test_forbidden_tokens_at_minus_inf_give_finite_gradients(isa, threads, lo, hi):
+    """A -inf bias (forbidden tokens) can fill one thread's whole slice of the vocabulary: its
+    local max is then -inf, and the exponentials once came out NaN (-inf - -inf) into dx and dW."""
+    _, x, W, b, _, rs, ts = _case(10, 8, 2000, seed=3)
+    b[lo:hi] = -np.inf
+    allowed = np.setdiff1d(np.arange(2000), np.arange(lo, hi))
+    t = np.random.default_rng(4).choice(allowed, 10)
+    loss, dx, dW, db = _run(x, W, b, t, rs, ts, threads=threads, isa=isa)
+    keep = allowed
+    want = _reference(x, W[keep], b[keep], np.searchsorted(keep, t), rs, ts)  # the allowed tokens alone
+    for name, g in (("dx", dx), ("dW", dW), ("db", db)):
+        assert np.isfinite(g).all(), name
+    _assert_close(loss, want[0], "loss")
+    _assert_close(dx, want[1], "dx")
+    _assert_close(dW[keep], want[2], "dW")
+    assert not dW[lo:hi].any() and not db[lo:hi].any()  # forbidden tokens get no gradient
+    _assert_close(db[keep], want[3], "db")
+
+
 def test_refuses_wrong_arrays():
     _, x, W, b, t, rs, ts = _case(4, 8, 100, seed=8)
     with pytest.raises(ValueError, match="float32"):

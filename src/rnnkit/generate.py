@@ -31,9 +31,24 @@ def _row(logits) -> np.ndarray:
     return z
 
 
+def _checked_row(logits) -> np.ndarray:
+    """A model's logits row, refused if it holds NaN or +inf or nothing finite (-inf: a token
+    the model rules out). A model whose weights went NaN would otherwise "generate" silently."""
+    z = _row(logits)
+    if np.isfinite(z.max()):  # one pass: the max is NaN with any NaN, +inf with any +inf, -inf if all are
+        return z
+    bad = np.isnan(z) | (z == np.inf)
+    if bad.any():
+        raise ValueError(f"logits hold {int(bad.sum())} NaN/+inf value(s) (first at token {int(np.argmax(bad))}); "
+                         "expected finite logits (-inf allowed)")
+    if not np.isfinite(z).any():
+        raise ValueError("logits are all -inf; expected at least one token with a finite logit")
+    return z
+
+
 def greedy(logits) -> int:
     """The most likely token: ``argmax z`` (the first one on ties)."""
-    return int(np.argmax(_row(logits)))
+    return int(np.argmax(_checked_row(logits)))
 
 
 _argmax = greedy  # sample_next's ``greedy`` flag shadows the name
@@ -49,8 +64,8 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
 def top_k_filter(logits, k: int) -> np.ndarray:
     """Logits with all but the ``k`` largest set to -inf (k = 0 or k >= V: unchanged; ties kept)."""
     z = _row(logits)
-    if k < 0:
-        raise ValueError(f"top_k {k}; expected k >= 0 (0: off)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"top_k {k!r}; expected an integer k >= 0 (0: off)")
     if 0 < k < z.size:
         kth = np.partition(z, -k)[-k]
         z = np.where(z >= kth, z, -np.inf)
@@ -85,6 +100,7 @@ def top_p_filter(logits, p: float) -> np.ndarray:
 def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0, greedy: bool = False) -> int:
     """The next token id from ``logits`` (V,) by the rule the arguments select (module docstring)."""
+    logits = _checked_row(logits)
     if greedy or top_k == 1:
         return _argmax(logits)
     z = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)

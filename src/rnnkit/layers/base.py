@@ -30,7 +30,10 @@ class Layer:
 
     # -- parameters -------------------------------------------------------------
     def add_param(self, name: str, value) -> None:
-        """Register a parameter and a zeroed gradient of the same shape and dtype."""
+        """Register a parameter and a zeroed gradient of the same shape and dtype (float32 or float64)."""
+        if value.dtype not in (np.float32, np.float64):  # float16 ran silently, int failed far from here
+            raise ValueError(f"parameter {name!r} of {type(self).__name__} has dtype {value.dtype}; expected float32 "
+                             "or float64")
         xp = backend.get_array_module(value)
         self.params[name] = value
         if name in self.sparse_grad_params and xp is np:

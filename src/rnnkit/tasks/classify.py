@@ -18,6 +18,7 @@ rarer class (``spam`` in SMS spam) with its precision and recall.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,7 +325,7 @@ class BiLMPretrainTask:
                 loss = self.model.loss(xp.asarray(ids), xp.asarray(mask))
                 total, count = total + loss * self.model.count, count + self.model.count
         loss = total / max(count, 1)
-        return {"loss": loss, "ppl": float(np.exp(min(loss, 50.0)))}
+        return {"loss": loss, "ppl": math.exp(loss) if loss < 709 else math.inf}
 
     def extra_meta(self) -> dict:
         return {"task": self.name, "task_config": dataclasses.asdict(self.config), "seed": self.seed}

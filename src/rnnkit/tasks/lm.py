@@ -182,4 +182,4 @@ def evaluate_ids(model: LanguageModel, ids: np.ndarray, batch_size: int, bptt: i
         total += loss * counted
         count += counted
     loss = total / max(count, 1)
-    return {"loss": loss, "ppl": math.exp(min(loss, 700)), "tokens": count}
+    return {"loss": loss, "ppl": math.exp(loss) if loss < 709 else math.inf, "tokens": count}  # exp overflows past 709

@@ -676,7 +676,11 @@ static void ISA(lx_task)(void *argp, int tid, int nth) {
         for (int v = 0; v < Vt; v++) {
             float *zr = z + (long)v * Rs;
             for (int j = 0; j < rpad; j += VW) {
-                vf e = ISA(exp_neg)(LD(zr + j) - LD(mx + j));
+                /* a token whose logits are all -inf in this thread's slice (tokens forbidden by a
+                 * -inf bias): its local max is -inf, and -inf - -inf would be NaN; 0 gives e = 0 */
+                vf m = LD(mx + j);
+                m = ISA(select)(m == BC(-INFINITY), BC(0.0f), m);
+                vf e = ISA(exp_neg)(LD(zr + j) - m);
                 ISA(st)(zr + j, e);
                 ISA(st)(sm + j, LD(sm + j) + e);
             }
