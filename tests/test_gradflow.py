@@ -218,17 +218,23 @@ def test_rejects_bidirectional():
 
 
 # ----------------------------------------------------------------------------- command line
-def test_command_line_writes_csv_and_png(tmp_path):
+def command_line(tmp_path, *flags):
+    """``rnnkit gradflow`` arguments for a short text, writing to tmp_path/out."""
     import argparse
-    import csv
 
-    pytest.importorskip("matplotlib")
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 20)
     parser = argparse.ArgumentParser()
     gf.add_arguments(parser)
-    args = parser.parse_args(["--text", str(text), "--compare", "activations", "--seq-len", "6", "--batch", "2",
-                              "--hidden-size", "5", "--train-steps", "2", "--out", str(tmp_path / "out")])
+    return parser.parse_args(["--text", str(text), *flags, "--out", str(tmp_path / "out")])
+
+
+def test_command_line_writes_csv_and_png(tmp_path):
+    import csv
+
+    pytest.importorskip("matplotlib")
+    args = command_line(tmp_path, "--compare", "activations", "--seq-len", "6", "--batch", "2", "--hidden-size", "5",
+                        "--train-steps", "2")
     assert gf.run(args) == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "gradflow_activations.csv")))
     assert len(rows) == 3 * 2 * 6  # variants x stages x steps
@@ -238,15 +244,9 @@ def test_command_line_writes_csv_and_png(tmp_path):
 
 
 def test_command_line_without_matplotlib_writes_the_csv_and_says_so(tmp_path, monkeypatch, capsys):
-    import argparse
-
     monkeypatch.setattr(gf, "_have_matplotlib", lambda: False)
-    text = tmp_path / "text.txt"
-    text.write_text("To be, or not to be, that is the question.\n" * 20)
-    parser = argparse.ArgumentParser()
-    gf.add_arguments(parser)
-    args = parser.parse_args(["--text", str(text), "--compare", "cells", "--seq-len", "5", "--batch", "2",
-                              "--hidden-size", "4", "--train-steps", "1", "--out", str(tmp_path / "out")])
+    args = command_line(tmp_path, "--compare", "cells", "--seq-len", "5", "--batch", "2", "--hidden-size", "4",
+                        "--train-steps", "1")
     assert gf.run(args) == 0
     assert (tmp_path / "out" / "gradflow_cells.csv").is_file() and not (tmp_path / "out" / "gradflow_cells.png").exists()
     assert "matplotlib is not installed, so no PNG" in capsys.readouterr().out
@@ -256,12 +256,8 @@ def test_command_line_without_matplotlib_writes_the_csv_and_says_so(tmp_path, mo
                                                   ("--hidden-size", "-1", "--hidden-size -1; expected"),
                                                   ("--train-steps", "-3", "--train-steps -3; expected an integer >= 0")])
 def test_command_line_names_a_bad_size(tmp_path, flag, value, message):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    gf.add_arguments(parser)
     with pytest.raises(SystemExit, match=message):
-        gf.run(parser.parse_args([flag, value, "--out", str(tmp_path / "out")]))
+        gf.run(command_line(tmp_path, flag, value))
 
 
 # ----------------------------------------------------------------------------- memory tasks

@@ -456,13 +456,18 @@ def run(args) -> int:
         csv_path = write_csv(out / f"gradflow_{comparison}.csv", rows)
         title = {"cells": "Gradient flow through time: RNN vs LSTM vs GRU",
                  "activations": "Gradient flow through time: vanilla RNN, tanh vs sigmoid vs relu"}[comparison]
-        if not _have_matplotlib():
-            print(f"wrote {csv_path}; note: matplotlib is not installed, so no PNG (pip install matplotlib)")
-            continue
-        png = plot(rows, out / f"gradflow_{comparison}.png", f"{title} (char model, H={args.hidden_size}, "
-                   f"T={args.seq_len}, {args.train_steps} training steps)")
-        print(f"wrote {csv_path} and {png}")
+        _plot_beside(csv_path, rows, f"{title} (char model, H={args.hidden_size}, T={args.seq_len}, "
+                     f"{args.train_steps} training steps)")
     return 0
+
+
+def _plot_beside(csv_path: Path, rows: list[dict], title: str) -> None:
+    """The PNG beside its CSV, and a line naming both; without matplotlib the CSV alone, said so."""
+    if not _have_matplotlib():
+        print(f"wrote {csv_path}; note: matplotlib is not installed, so no PNG (pip install matplotlib)")
+        return
+    png = plot(rows, csv_path.with_suffix(".png"), title)
+    print(f"wrote {csv_path} and {png}")
 
 
 def _run_checkpoint(args, out: Path) -> int:
@@ -491,12 +496,7 @@ def _run_checkpoint(args, out: Path) -> int:
              "steps_before_T": args.seq_len - 1 - t, "grad_h_norm": m["h"][t], "grad_c_norm": m["c"][t],
              "grad_x_norm": m["x"][t], "jacobian_sigma_max": m["sigma"][t],
              "product_log10_sigma_max": m["product_log10"][t], "loss_T": m["loss"]} for t in range(args.seq_len)]
-    csv_path = write_csv(out / f"gradflow_{name}.csv", rows)
-    if not _have_matplotlib():
-        print(f"wrote {csv_path}; note: matplotlib is not installed, so no PNG (pip install matplotlib)")
-        return 0
-    png = plot(rows, out / f"gradflow_{name}.png", f"Gradient flow through time: {name}")
-    print(f"wrote {csv_path} and {png}")
+    _plot_beside(write_csv(out / f"gradflow_{name}.csv", rows), rows, f"Gradient flow through time: {name}")
     return 0
 
 

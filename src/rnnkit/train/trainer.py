@@ -378,8 +378,8 @@ class Trainer:
             self.save(best=improved)
             if time.perf_counter() - self._plotted > 30:  # a figure costs ~0.5 s: not after every short epoch
                 self._plot()
-            if complete and self._patience_spent():
-                stop_reason = self._patience_spent()
+            if complete and (spent := self._patience_spent()):
+                stop_reason = spent
             elif complete and self.epoch < cfg.epochs:
                 stop_reason = self._budget_spent()
         if stop_reason:
